@@ -1,0 +1,51 @@
+# CML Fleet: one entry point for set-up, the local stack and the checks.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
+	layers/dependencies/requirements.txt relay_service/requirements.txt
+export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help venv lint typecheck test test-fast run event clean lock
+
+help:
+	@echo "make run    start the local stack (moto, simulated fleet, relay) and print where to connect"
+	@echo "make event  put an EC2 state-change event for a demo worker on the local bus"
+	@echo "make test   ruff, mypy and the whole pytest suite"
+	@echo "make clean  remove the virtualenv and caches"
+
+$(STAMP): $(REQUIREMENTS)
+	@test -x $(PY) || { py=$$(scripts/find-python) && echo "creating $(VENV) with $$py" && $$py -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	cd requirements && ../$(PY) -m pip install --quiet -c constraints.txt -r dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not e2e"
+
+run: $(STAMP)
+	$(PY) -m devstack run
+
+event: $(STAMP)
+	$(PY) -m devstack ec2-event $(ARGS)
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude pip > requirements/constraints.txt.new
+	@echo "review and move requirements/constraints.txt.new over requirements/constraints.txt"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .devstack

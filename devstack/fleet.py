@@ -1,0 +1,79 @@
+"""The demo fleet the local stack starts with: moto EC2 instances registered as workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cmlfleet import bootstrap
+from cmlfleet.domain.worker import register_worker
+from cmlfleet.events.envelope import make_event
+from cmlfleet.settings import load_settings
+from cmlfleet.timeutil import utc_now
+
+DEMO_AMI = "ami-0c0ffee0c0ffee000"
+DEMO_WORKERS = (("cml-lab-a", "alice"), ("cml-lab-b", "bob"), ("cml-training", "alice"))
+
+
+@dataclass(frozen=True)
+class DemoWorker:
+    worker_id: str
+    instance_id: str
+    name: str
+    owner: str
+
+
+def launch_instance(
+    ec2: Any, name: str, owner: str, instance_type: str = "c5.2xlarge"
+) -> dict[str, Any]:
+    """Run one instance in moto, tagged as a CML worker would be."""
+    response = ec2.run_instances(
+        ImageId=DEMO_AMI,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType=instance_type,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [{"Key": "Name", "Value": name}, {"Key": "cmlfleet:owner", "Value": owner}],
+            }
+        ],
+    )
+    instance: dict[str, Any] = response["Instances"][0]
+    return instance
+
+
+def register_instance(instance: dict[str, Any], name: str, owner: str, region: str) -> DemoWorker:
+    """Save a worker for a running instance, with its `worker.created` event (the outbox)."""
+    change = register_worker(
+        name=name,
+        owner=owner,
+        now=utc_now(),
+        instance_id=instance["InstanceId"],
+        instance_type=instance.get("InstanceType"),
+        ami_id=instance.get("ImageId"),
+        region=region,
+        ec2_state="running",
+        tags={"Name": name},
+    )
+    worker = change.worker
+    events = [
+        make_event(
+            payload,
+            worker_id=worker.worker_id,
+            version=worker.version,
+            owner=worker.owner,
+            source=load_settings().event_source,
+        )
+        for payload in change.events
+    ]
+    bootstrap.worker_repository().save(worker, events, expected_version=0)
+    return DemoWorker(worker.worker_id, instance["InstanceId"], name, owner)
+
+
+def seed_demo_fleet(ec2: Any, region: str, count: int = len(DEMO_WORKERS)) -> list[DemoWorker]:
+    workers = []
+    for name, owner in DEMO_WORKERS[:count]:
+        instance = launch_instance(ec2, name, owner)
+        workers.append(register_instance(instance, name, owner, region))
+    return workers

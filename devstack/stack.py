@@ -1,0 +1,260 @@
+"""The local stack: moto server, the template's stack, and the runner's stand-ins."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from devstack.dispatcher import RuleTapDrainer, StreamPoller, Worker
+from devstack.lambdas import LocalFunction, load_function, shared_environment
+from devstack.template import LocalTemplate, localize
+
+log = logging.getLogger("devstack")
+
+STACK_NAME = "cmlfleet-local"
+CODE_BUCKET = "cmlfleet-local-code"
+ACCOUNT_ID = "123456789012"  # moto's default account
+
+# Credentials and switches every process of the local stack gets.
+LOCAL_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_SESSION_TOKEN": "local",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class LocalStack:
+    """Starts and stops everything but the relay; `environment()` is what other processes need."""
+
+    region: str = "us-east-1"
+    moto_port: int = 0
+    stream_poll_interval: float = 0.05
+    overrides: dict[str, str] = field(default_factory=dict)  # win over the template's
+    template: LocalTemplate | None = None
+    endpoint: str = ""
+    resources: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    functions: dict[str, LocalFunction] = field(default_factory=dict)
+    _server: ThreadedMotoServer | None = None
+    _workers: list[Worker] = field(default_factory=list)
+
+    def start(self) -> LocalStack:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        logging.getLogger("moto").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message="Tried to parse AWS::")
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
+        port = self.moto_port or free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        os.environ.update(self.environment())
+        self._configure_moto()
+        self.deploy()
+        self.start_dispatch()
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """Variables that point boto3 (in any process) at this stack."""
+        variables = dict(LOCAL_ENVIRONMENT)
+        variables |= {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+        if self.endpoint:
+            variables["AWS_ENDPOINT_URL"] = self.endpoint
+        return variables
+
+    def client(self, service: str) -> Any:
+        return boto3.session.Session().client(
+            service, region_name=self.region, endpoint_url=self.endpoint
+        )
+
+    def deploy(self) -> None:
+        """Create the template's stack in moto and fill the gaps it leaves."""
+        self.template = template = localize(bucket=CODE_BUCKET)
+        self._upload_code(template.artifacts)
+        cloudformation = self.client("cloudformation")
+        cloudformation.create_stack(
+            StackName=STACK_NAME,
+            TemplateBody=json.dumps(template.cloudformation),
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+        )
+        stack = _wait_for_stack(cloudformation)
+        self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        paginator = cloudformation.get_paginator("list_stack_resources")
+        for page in paginator.paginate(StackName=STACK_NAME):
+            for summary in page["StackResourceSummaries"]:
+                self.resources[summary["LogicalResourceId"]] = summary["PhysicalResourceId"]
+        self._load_functions(template)
+        self._subscribe(template)
+
+    def start_dispatch(self) -> None:
+        assert self.template is not None
+        sqs = self.client("sqs")
+        for tap in self.template.taps:
+            self._workers.append(
+                RuleTapDrainer(
+                    sqs,
+                    self.resources[tap.queue_id],
+                    self.functions[tap.function_id],
+                    ACCOUNT_ID,
+                    tap.max_retries,
+                )
+            )
+        dynamodb, streams = self.client("dynamodb"), self.client("dynamodbstreams")
+        for mapping in self.template.streams:
+            table = dynamodb.describe_table(TableName=self.resources[mapping.table_id])["Table"]
+            self._workers.append(
+                StreamPoller(
+                    streams,
+                    table["LatestStreamArn"],
+                    self.functions[mapping.function_id],
+                    region=self.region,
+                    batch_size=mapping.batch_size,
+                    max_retries=mapping.max_retries,
+                    on_failure=self._dead_letter(mapping.dlq_id),
+                    poll_interval=self.stream_poll_interval,
+                )
+            )
+        for worker in self._workers:
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+        for worker in self._workers:
+            worker.join(timeout=5)
+        self._workers.clear()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def _configure_moto(self) -> None:
+        import urllib.request
+
+        request = urllib.request.Request(  # noqa: S310 - our own loopback moto server
+            f"{self.endpoint}/moto-api/config",
+            data=json.dumps({"lambda": {"use_docker": False}}).encode(),
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+
+    def _upload_code(self, artifacts: dict[str, Path]) -> None:
+        s3 = self.client("s3")
+        s3.create_bucket(Bucket=CODE_BUCKET)
+        for key, directory in artifacts.items():
+            s3.put_object(Bucket=CODE_BUCKET, Key=key, Body=_zip_directory(directory))
+
+    def _load_functions(self, template: LocalTemplate) -> None:
+        lambda_client = self.client("lambda")
+        configurations = {
+            logical_id: lambda_client.get_function_configuration(
+                FunctionName=self.resources[logical_id]
+            )
+            for logical_id in template.functions
+        }
+        os.environ.update(
+            shared_environment(
+                {
+                    logical_id: config.get("Environment", {}).get("Variables", {})
+                    for logical_id, config in configurations.items()
+                }
+            )
+        )
+        os.environ.update(LOCAL_ENVIRONMENT | self.overrides)
+        for logical_id, source in template.functions.items():
+            self.functions[logical_id] = load_function(
+                source, configurations[logical_id], self.overrides
+            )
+
+    def _subscribe(self, template: LocalTemplate) -> None:
+        """moto skips AWS::SNS::Subscription; make each one through the API."""
+        sns = self.client("sns")
+        for properties in template.subscriptions:
+            sns.subscribe(
+                TopicArn=self._resolve(properties["TopicArn"]),
+                Protocol=properties["Protocol"],
+                Endpoint=self._resolve(properties["Endpoint"]),
+                Attributes={
+                    k: str(v).lower() if isinstance(v, bool) else str(v)
+                    for k, v in properties.items()
+                    if k in {"RawMessageDelivery", "FilterPolicy", "RedrivePolicy"}
+                },
+            )
+
+    def _resolve(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if "Ref" in value:
+            return self.resources[value["Ref"]]
+        logical_id, attribute = value["Fn::GetAtt"]
+        if attribute == "Arn" and self.resources[logical_id].startswith("https://sqs"):
+            name = self.resources[logical_id].rsplit("/", 1)[-1]
+            return f"arn:aws:sqs:{self.region}:{ACCOUNT_ID}:{name}"
+        raise ValueError(f"cannot resolve {value!r} locally")
+
+    def _dead_letter(self, dlq_id: str | None) -> Any:
+        if dlq_id is None:
+            return None
+        sqs, queue_url = self.client("sqs"), self.resources[dlq_id]
+
+        def send(shard_id: str, records: list[dict[str, Any]]) -> None:
+            first, last = records[0]["dynamodb"], records[-1]["dynamodb"]
+            sqs.send_message(
+                QueueUrl=queue_url,
+                MessageBody=json.dumps(
+                    {
+                        "shard": shard_id,
+                        "startSequenceNumber": first["SequenceNumber"],
+                        "endSequenceNumber": last["SequenceNumber"],
+                        "batchSize": len(records),
+                    }
+                ),
+            )
+
+        return send
+
+
+def _wait_for_stack(cloudformation: Any, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+        status = stack["StackStatus"]
+        if status == "CREATE_COMPLETE":
+            return stack
+        if (
+            status.endswith("FAILED")
+            or status.startswith("ROLLBACK")
+            or time.monotonic() > deadline
+        ):
+            raise RuntimeError(
+                f"local stack did not come up: {status} {stack.get('StackStatusReason', '')}"
+            )
+        time.sleep(0.1)
+
+
+def _zip_directory(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(directory).as_posix())
+    return buffer.getvalue()

@@ -1,0 +1,176 @@
+"""From `template.yaml` to a CloudFormation template moto can create, plus what it skips.
+
+The SAM translator turns the template into plain CloudFormation offline. Before moto sees
+it, three things are rewritten, and recorded so the local runner can stand in for them:
+local `CodeUri`/`ContentUri` become `s3://` URIs (as `sam package` does); every Lambda
+target of an EventBridge rule becomes an SQS tap queue (moto's `put_events` fails on a
+Lambda target); and DynamoDB event source mappings are taken out (moto would try to run
+the function in Docker and then drop the stream records).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_PATH = ROOT / "template.yaml"
+SERVERLESS_CODE = {
+    "AWS::Serverless::Function": "CodeUri",
+    "AWS::Serverless::LayerVersion": "ContentUri",
+}
+
+
+@dataclass(frozen=True)
+class FunctionSource:
+    """Where a function's code lives on disk and which callable is its handler."""
+
+    logical_id: str
+    code_dir: Path
+    handler: str
+
+
+@dataclass(frozen=True)
+class RuleTap:
+    """An EventBridge rule whose Lambda target was replaced by an SQS tap queue."""
+
+    rule_id: str
+    queue_id: str
+    function_id: str
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class StreamMapping:
+    """A DynamoDB stream event source mapping the runner performs itself."""
+
+    function_id: str
+    table_id: str
+    batch_size: int
+    max_retries: int
+    dlq_id: str | None
+
+
+@dataclass(frozen=True)
+class LocalTemplate:
+    cloudformation: dict[str, Any]
+    functions: dict[str, FunctionSource]
+    artifacts: dict[str, Path]  # S3 key → directory to zip
+    taps: list[RuleTap]
+    streams: list[StreamMapping]
+    subscriptions: list[dict[str, Any]]
+
+
+class _OfflinePolicyLoader:
+    """samtranslator ships the managed policy map; nothing needs loading offline."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def load_sam_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    return dict(yaml_parse(path.read_text()))
+
+
+def transform_template(
+    sam: dict[str, Any], bucket: str, parameters: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run the SAM transform offline, with code directories rewritten to `s3://bucket/key`."""
+    sam = copy.deepcopy(sam)
+    artifacts: dict[str, Path] = {}
+    for logical_id, resource in sam.get("Resources", {}).items():
+        key = SERVERLESS_CODE.get(resource.get("Type", ""))
+        if key and isinstance(resource["Properties"].get(key), str):
+            artifacts[f"{logical_id}.zip"] = ROOT / resource["Properties"][key]
+            resource["Properties"][key] = f"s3://{bucket}/{logical_id}.zip"
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    cfn = transform(sam, parameters or {}, _OfflinePolicyLoader())
+    return cfn, artifacts
+
+
+def function_sources(sam: dict[str, Any]) -> dict[str, FunctionSource]:
+    """Each function's code directory and handler, from the SAM template."""
+    sources = {}
+    for logical_id, resource in sam.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            props = resource["Properties"]
+            sources[logical_id] = FunctionSource(
+                logical_id, ROOT / props["CodeUri"], props["Handler"]
+            )
+    return sources
+
+
+def localize(path: Path = TEMPLATE_PATH, bucket: str = "cmlfleet-local-code") -> LocalTemplate:
+    """The template, transformed and rewritten for moto, with the gaps to fill."""
+    sam = load_sam_template(path)
+    cfn, artifacts = transform_template(sam, bucket)
+    resources = cfn["Resources"]
+    taps = _replace_lambda_targets(resources)
+    streams = _take_out_stream_mappings(resources)
+    subscriptions = [
+        props["Properties"]
+        for props in resources.values()
+        if props.get("Type") == "AWS::SNS::Subscription"
+    ]
+    return LocalTemplate(cfn, function_sources(sam), artifacts, taps, streams, subscriptions)
+
+
+def _lambda_id(arn: object) -> str | None:
+    if isinstance(arn, dict) and "Fn::GetAtt" in arn:
+        target, attribute = arn["Fn::GetAtt"]
+        return str(target) if attribute == "Arn" else None
+    return None
+
+
+def _replace_lambda_targets(resources: dict[str, Any]) -> list[RuleTap]:
+    taps: list[RuleTap] = []
+    for rule_id, rule in list(resources.items()):
+        if rule.get("Type") != "AWS::Events::Rule":
+            continue
+        for index, target in enumerate(rule["Properties"].get("Targets", [])):
+            function_id = _lambda_id(target.get("Arn"))
+            if function_id is None or resources[function_id]["Type"] != "AWS::Lambda::Function":
+                continue
+            queue_id = f"{rule_id}Tap{index}"
+            resources[queue_id] = {
+                "Type": "AWS::SQS::Queue",
+                "Properties": {"VisibilityTimeout": 5},
+            }
+            retries = target.get("RetryPolicy", {}).get("MaximumRetryAttempts", 2)
+            target.clear()
+            target.update({"Id": f"tap{index}", "Arn": {"Fn::GetAtt": [queue_id, "Arn"]}})
+            taps.append(RuleTap(rule_id, queue_id, function_id, int(retries)))
+    return taps
+
+
+def _take_out_stream_mappings(resources: dict[str, Any]) -> list[StreamMapping]:
+    streams: list[StreamMapping] = []
+    for mapping_id, mapping in list(resources.items()):
+        if mapping.get("Type") != "AWS::Lambda::EventSourceMapping":
+            continue
+        props = mapping["Properties"]
+        source = props.get("EventSourceArn")
+        if not (isinstance(source, dict) and "Fn::GetAtt" in source):
+            continue
+        table_id, attribute = source["Fn::GetAtt"]
+        if attribute != "StreamArn":
+            continue
+        destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        dlq = destination["Fn::GetAtt"][0] if isinstance(destination, dict) else None
+        streams.append(
+            StreamMapping(
+                function_id=props["FunctionName"]["Ref"],
+                table_id=table_id,
+                batch_size=int(props.get("BatchSize", 100)),
+                max_retries=int(props.get("MaximumRetryAttempts", 3)),
+                dlq_id=dlq,
+            )
+        )
+        del resources[mapping_id]
+    return streams

@@ -1,0 +1,30 @@
+"""boto3 clients, made lazily and cached per process.
+
+Nothing connects at import time: tests start moto first, the local stack sets
+`AWS_ENDPOINT_URL`, and Lambda reuses clients across warm invocations.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=3,
+    read_timeout=10,
+)
+
+
+@cache
+def client(service: str) -> Any:
+    """A shared boto3 client for `service` with short timeouts and standard retries."""
+    return boto3.session.Session().client(service, config=_CONFIG)
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests call this when they switch AWS endpoints)."""
+    client.cache_clear()

@@ -1,0 +1,197 @@
+"""Where workers and their events are kept: the DynamoDB table, and a fake for tests.
+
+Table layout (one table, `pk`/`sk`):
+- worker:  pk=`WORKER`, sk=<worker id>, with `version` for optimistic concurrency and
+  `instance_id` indexed by the `ByInstanceId` GSI;
+- event:   pk=`EVENTS#<yyyymmddHH>`, sk=<event id> (time-ordered), the whole CloudEvent
+  in `event`, and `expires_at` for TTL. These items are the outbox: the table's stream
+  feeds the publisher, and the same items are the event log the relay replays from.
+A worker and the events of its change are written in one `TransactWriteItems`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from cmlfleet.domain.worker import Worker
+from cmlfleet.events.envelope import CloudEvent
+
+WORKER_PK = "WORKER"
+EVENTS_PK_PREFIX = "EVENTS#"
+INSTANCE_INDEX = "ByInstanceId"
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class ConcurrentModificationError(RuntimeError):
+    """The worker changed since it was read; reload it and apply the change again."""
+
+
+class WorkerRepository(Protocol):
+    """The port the services use to load and save workers with their events."""
+
+    def get(self, worker_id: str) -> Worker | None: ...
+
+    def find_by_instance_id(self, instance_id: str) -> Worker | None: ...
+
+    def list_workers(self) -> list[Worker]: ...
+
+    def save(
+        self, worker: Worker, events: Sequence[CloudEvent], *, expected_version: int
+    ) -> None: ...
+
+
+def event_partition(event: CloudEvent) -> str:
+    """The event log partition of an event: one per hour of event time."""
+    return EVENTS_PK_PREFIX + event.time.strftime("%Y%m%d%H")
+
+
+class DynamoDbWorkerRepository:
+    """Workers and their outbox events in one DynamoDB table."""
+
+    def __init__(self, table_name: str, client: Any, event_ttl: timedelta) -> None:
+        self._table = table_name
+        self._client = client
+        self._event_ttl = event_ttl
+
+    def get(self, worker_id: str) -> Worker | None:
+        response = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": WORKER_PK}, "sk": {"S": worker_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return _worker_from_item(item) if item else None
+
+    def find_by_instance_id(self, instance_id: str) -> Worker | None:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName=INSTANCE_INDEX,
+            KeyConditionExpression="instance_id = :instance",
+            ExpressionAttributeValues={":instance": {"S": instance_id}},
+            Limit=1,
+        )
+        items = response.get("Items", [])
+        return _worker_from_item(items[0]) if items else None
+
+    def list_workers(self) -> list[Worker]:
+        workers: list[Worker] = []
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": WORKER_PK}},
+        ):
+            workers.extend(_worker_from_item(item) for item in page.get("Items", []))
+        return workers
+
+    def save(self, worker: Worker, events: Sequence[CloudEvent], *, expected_version: int) -> None:
+        """Write the worker and its events atomically, if the stored version is as expected."""
+        if worker.version <= expected_version:
+            raise ValueError("a saved change must bump the worker's version")
+        operations = [self._put_worker(worker, expected_version)]
+        operations += [self._put_event(event) for event in events]
+        try:
+            self._client.transact_write_items(TransactItems=operations)
+        except ClientError as error:
+            if _worker_condition_failed(error):
+                raise ConcurrentModificationError(
+                    f"worker {worker.worker_id} is no longer at version {expected_version}"
+                ) from error
+            raise
+
+    def _put_worker(self, worker: Worker, expected_version: int) -> dict[str, Any]:
+        put: dict[str, Any] = {"TableName": self._table, "Item": _worker_to_item(worker)}
+        if expected_version == 0:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put["ConditionExpression"] = "version = :expected"
+            put["ExpressionAttributeValues"] = {":expected": {"N": str(expected_version)}}
+        return {"Put": put}
+
+    def _put_event(self, event: CloudEvent) -> dict[str, Any]:
+        expires_at = int((event.time + self._event_ttl).timestamp())
+        item = {
+            "pk": event_partition(event),
+            "sk": event.id,
+            "kind": "event",
+            "type": event.type,
+            "worker_id": event.subject,
+            "owner": event.owner,
+            "event": event.to_json(),
+            "expires_at": expires_at,
+        }
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": _serialize(item),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
+
+@dataclass
+class InMemoryWorkerRepository:
+    """A fake with the same contract as the DynamoDB one, for service tests."""
+
+    workers: dict[str, Worker] = field(default_factory=dict)
+    events: list[CloudEvent] = field(default_factory=list)
+
+    def get(self, worker_id: str) -> Worker | None:
+        return self.workers.get(worker_id)
+
+    def find_by_instance_id(self, instance_id: str) -> Worker | None:
+        return next((w for w in self.workers.values() if w.instance_id == instance_id), None)
+
+    def list_workers(self) -> list[Worker]:
+        return list(self.workers.values())
+
+    def save(self, worker: Worker, events: Sequence[CloudEvent], *, expected_version: int) -> None:
+        current = self.workers.get(worker.worker_id)
+        if (current.version if current else 0) != expected_version:
+            raise ConcurrentModificationError(worker.worker_id)
+        self.workers[worker.worker_id] = worker
+        self.events.extend(events)
+
+
+def _worker_to_item(worker: Worker) -> dict[str, Any]:
+    attributes = worker.model_dump(mode="json", exclude_none=True)
+    return _serialize({"pk": WORKER_PK, "sk": worker.worker_id, "kind": "worker", **attributes})
+
+
+def _worker_from_item(item: dict[str, Any]) -> Worker:
+    return Worker.model_validate(_deserialize(item))
+
+
+def _serialize(values: dict[str, Any]) -> dict[str, Any]:
+    # DynamoDB numbers must be Decimal; a JSON round trip turns every float into one.
+    plain = json.loads(json.dumps(values), parse_float=Decimal)
+    return {key: _serializer.serialize(value) for key, value in plain.items()}
+
+
+def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    values = {key: _deserializer.deserialize(value) for key, value in item.items()}
+    plain: dict[str, Any] = json.loads(json.dumps(values, default=_decimal_to_number))
+    return plain
+
+
+def _decimal_to_number(value: object) -> int | float:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _worker_condition_failed(error: ClientError) -> bool:
+    if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return False
+    reasons = error.response.get("CancellationReasons") or []
+    return bool(reasons) and reasons[0].get("Code") == "ConditionalCheckFailed"

@@ -1,0 +1,1 @@
+"""The worker domain: plain Python, no I/O. Changes return the events they caused."""

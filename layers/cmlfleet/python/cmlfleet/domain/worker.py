@@ -1,0 +1,161 @@
+"""The worker aggregate and the changes that can happen to it.
+
+Each change is a pure function: it takes a worker (and the time), and returns the new
+worker with `version` bumped plus the events the change caused, or `None` when nothing
+changes. Storing both in one transaction is the caller's job (the outbox).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cmlfleet.domain.status import (
+    EC2_SUCCESSORS,
+    FINAL_STATUSES,
+    Ec2State,
+    WorkerStatus,
+    is_transitional,
+    status_for_ec2_state,
+)
+from cmlfleet.events.catalog import (
+    EventData,
+    WorkerCreated,
+    WorkerStatusUpdated,
+    WorkerTerminated,
+    WorkerView,
+)
+from cmlfleet.ids import new_worker_id
+from cmlfleet.timeutil import UtcDateTime
+
+
+class Worker(BaseModel):
+    """A CML worker: one EC2 instance booted from a CML AMI."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    worker_id: str
+    name: str = Field(min_length=1, max_length=128)
+    owner: str = Field(min_length=1, max_length=256)
+    status: WorkerStatus
+    ec2_state: str | None = None
+    ec2_state_at: UtcDateTime | None = None  # time of the EC2 report last applied
+    instance_id: str | None = None
+    instance_type: str | None = None
+    ami_id: str | None = None
+    region: str | None = None
+    private_ip: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    transition_started_at: UtcDateTime | None = None
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
+    terminated_at: UtcDateTime | None = None
+    terminated_by: str | None = None
+    version: int = Field(default=0, ge=0)
+
+    def view(self) -> WorkerView:
+        """The worker as clients see it (before any per-role masking)."""
+        return WorkerView.model_validate(self.model_dump())
+
+
+@dataclass(frozen=True)
+class Change:
+    """A worker's new state and the events that describe how it got there."""
+
+    worker: Worker
+    events: list[EventData] = field(default_factory=list)
+
+
+def register_worker(
+    *,
+    name: str,
+    owner: str,
+    now: datetime,
+    instance_id: str | None = None,
+    instance_type: str | None = None,
+    ami_id: str | None = None,
+    region: str | None = None,
+    ec2_state: str | None = None,
+    tags: dict[str, str] | None = None,
+    worker_id: str | None = None,
+) -> Change:
+    """A new worker, `provisioning` until EC2 reports (or in the state EC2 already reports)."""
+    status = status_for_ec2_state(ec2_state) if ec2_state else WorkerStatus.PROVISIONING
+    worker = Worker(
+        worker_id=worker_id or new_worker_id(),
+        name=name,
+        owner=owner,
+        status=status,
+        ec2_state=ec2_state,
+        instance_id=instance_id,
+        instance_type=instance_type,
+        ami_id=ami_id,
+        region=region,
+        tags=tags or {},
+        transition_started_at=now if is_transitional(status) else None,
+        created_at=now,
+        updated_at=now,
+        version=1,
+    )
+    return Change(worker, [WorkerCreated(worker=worker.view())])
+
+
+def apply_ec2_state(
+    worker: Worker, ec2_state: str, *, observed_at: datetime, now: datetime
+) -> Change | None:
+    """Apply an EC2 state report, or `None` if it is stale, a repeat, or changes nothing.
+
+    EC2 notifications arrive at least once and in any order. A report older than the last
+    one applied is stale; one with the same timestamp is applied only if EC2's lifecycle
+    allows it to follow the current state. A terminated worker never comes back.
+    """
+    if worker.status in FINAL_STATUSES:
+        return None
+    if not _is_newer_report(worker, ec2_state, observed_at):
+        return None
+    new_status = status_for_ec2_state(ec2_state)
+    if new_status == worker.status:
+        return None
+    started = observed_at if is_transitional(new_status) else None
+    updates: dict[str, object] = {
+        "status": new_status,
+        "ec2_state": ec2_state,
+        "ec2_state_at": observed_at,
+        "transition_started_at": started,
+        "updated_at": now,
+        "version": worker.version + 1,
+    }
+    if new_status == WorkerStatus.TERMINATED and worker.terminated_at is None:
+        updates |= {"terminated_at": observed_at, "terminated_by": "ec2"}
+    changed = worker.model_copy(update=updates)
+    events: list[EventData] = [
+        WorkerStatusUpdated(
+            worker_id=worker.worker_id,
+            old_status=worker.status,
+            new_status=new_status,
+            ec2_state=ec2_state,
+            transition_started_at=started,
+        )
+    ]
+    if new_status == WorkerStatus.TERMINATED and worker.terminated_at is None:
+        events.append(
+            WorkerTerminated(
+                worker_id=worker.worker_id, terminated_at=observed_at, terminated_by="ec2"
+            )
+        )
+    return Change(changed, events)
+
+
+def _is_newer_report(worker: Worker, ec2_state: str, observed_at: datetime) -> bool:
+    last = worker.ec2_state_at
+    if last is None:
+        return True
+    if observed_at != last:
+        return observed_at > last
+    try:
+        current, candidate = Ec2State(worker.ec2_state or ""), Ec2State(ec2_state)
+    except ValueError:
+        return False
+    return candidate in EC2_SUCCESSORS[current]

@@ -1,0 +1,94 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) every bus event travels in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cmlfleet.events.catalog import BUS_EVENT_TYPES, EventData
+from cmlfleet.ids import uuid7
+from cmlfleet.timeutil import UtcDateTime, utc_now
+
+DEFAULT_SOURCE = "urn:cmlfleet"
+
+
+class EnvelopeError(ValueError):
+    """A message that is not a valid CML Fleet CloudEvent; the text says what is wrong."""
+
+
+class CloudEvent(BaseModel):
+    """One domain event: CloudEvents attributes plus `workerversion` and `owner` extensions."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1, max_length=128)
+    source: str = Field(min_length=1, max_length=256)
+    type: str
+    time: UtcDateTime
+    subject: str = Field(min_length=1, max_length=128)
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: dict[str, Any]
+    workerversion: int = Field(ge=0)
+    owner: str = Field(min_length=1, max_length=256)
+
+    @property
+    def worker_id(self) -> str:
+        return self.subject
+
+    def payload(self) -> EventData:
+        """The typed `data`, validated against the catalog model of this event's type."""
+        return BUS_EVENT_TYPES[self.type].model_validate(self.data)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CloudEvent:
+        """Parse and validate a bus message, raising `EnvelopeError` with a readable reason."""
+        try:
+            event = cls.model_validate_json(text)
+        except ValidationError as error:
+            raise EnvelopeError(_describe(error)) from None
+        model = BUS_EVENT_TYPES.get(event.type)
+        if model is None:
+            raise EnvelopeError(f"unknown event type {event.type!r}")
+        try:
+            model.model_validate(event.data)
+        except ValidationError as error:
+            raise EnvelopeError(f"{event.type} data: {_describe(error)}") from None
+        return event
+
+
+def make_event(
+    payload: EventData,
+    *,
+    worker_id: str,
+    version: int,
+    owner: str,
+    source: str = DEFAULT_SOURCE,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """Wrap a bus event's data in a new envelope with a fresh time-ordered id."""
+    if not payload.on_bus:
+        raise ValueError(f"{payload.event_type} is made by the relay and never goes on the bus")
+    return CloudEvent(
+        id=uuid7(),
+        source=source,
+        type=payload.event_type,
+        time=time or utc_now(),
+        subject=worker_id,
+        data=payload.model_dump(mode="json"),
+        workerversion=version,
+        owner=owner,
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(part) for part in item["loc"]) or "message"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)

@@ -1,0 +1,48 @@
+"""Settings of the Lambda functions: one validated class, read from the environment.
+
+The environment variable names are the field names upper-cased, identical to the
+`Environment` blocks in `template.yaml` (a template test checks both agree).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigurationError(RuntimeError):
+    """The environment is missing or has invalid settings; the message names them."""
+
+
+class FleetSettings(BaseSettings):
+    """What every CML Fleet function needs to know about its environment."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    table_name: str = Field(min_length=3, description="DynamoDB table: workers and event log")
+    idempotency_table_name: str = Field(min_length=3, description="Powertools idempotency")
+    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:", description="domain events topic")
+    event_ttl_days: int = Field(default=7, ge=1, le=365, description="event log retention")
+    event_source: str = Field(default="urn:cmlfleet", min_length=1)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Name each bad environment variable and what is wrong with it."""
+    problems = []
+    for item in error.errors(include_url=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else "?"
+        problems.append(f"{name}: {item['msg']}")
+    return "; ".join(problems)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> FleetSettings:
+    """The settings, validated once per process; a `ConfigurationError` says what is wrong."""
+    try:
+        return FleetSettings()  # values come from the environment
+    except ValidationError as error:
+        raise ConfigurationError(
+            f"invalid configuration: {describe_validation_error(error)}"
+        ) from None

@@ -1,0 +1,65 @@
+"""`python -m relay`: the relay under uvicorn, with the shutdown sequence on SIGTERM.
+
+uvicorn waits for open responses before it runs the app's shutdown, and an SSE response
+never ends by itself, so the signal first tells the hub to send `system.sse.shutdown`
+and end every stream; uvicorn then closes cleanly.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType
+
+import uvicorn
+
+from cmlfleet.adapters import aws
+from cmlfleet.settings import ConfigurationError
+from relay.app import Relay, create_app
+from relay.bus import SqsEventBus
+from relay.settings import RelaySettings, load_relay_settings
+
+
+class RelayServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+        super().__init__(config)
+        self._relay = relay
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._relay.begin_shutdown_threadsafe()
+        super().handle_exit(sig, frame)
+
+
+def build_bus(settings: RelaySettings) -> SqsEventBus:
+    return SqsEventBus(
+        sqs=aws.client("sqs"),
+        sns=aws.client("sns"),
+        topic_arn=settings.topic_arn,
+        queue_name=f"{settings.relay_queue_prefix}-{settings.relay_task_id}",
+        poll_wait_seconds=settings.relay_poll_wait_seconds,
+        dlq_arn=settings.relay_dlq_arn,
+        max_receive_count=settings.relay_max_receive_count,
+    )
+
+
+def main() -> int:
+    try:
+        settings = load_relay_settings()
+    except ConfigurationError as error:
+        print(f"relay: {error}", file=sys.stderr)
+        return 2
+    app = create_app(settings, build_bus(settings))
+    config = uvicorn.Config(
+        app,
+        host=settings.relay_host,
+        port=settings.relay_port,
+        timeout_graceful_shutdown=int(settings.relay_shutdown_max_ms / 1000) + 5,
+        log_level="info",
+        access_log=False,
+    )
+    server = RelayServer(config, app.state.relay)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The relay's own SQS queue on the domain events topic, and the thread that drains it.
+
+Each relay task creates its own queue at start (raw delivery from the topic, redrive to
+the DLQ) and deletes it at stop, so every task sees every event (brief §3).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from cmlfleet.events.envelope import CloudEvent, EnvelopeError
+
+logger = Logger(child=True)
+
+EventSink = Callable[[list[CloudEvent]], None]
+
+
+class SqsEventBus:
+    """Creates, subscribes, polls and finally removes this relay's queue."""
+
+    def __init__(
+        self,
+        *,
+        sqs: Any,
+        sns: Any,
+        topic_arn: str,
+        queue_name: str,
+        poll_wait_seconds: int = 20,
+        dlq_arn: str | None = None,
+        max_receive_count: int = 5,
+    ) -> None:
+        self._sqs, self._sns = sqs, sns
+        self._topic_arn = topic_arn
+        self._queue_name = queue_name
+        self._poll_wait = poll_wait_seconds
+        self._dlq_arn = dlq_arn
+        self._max_receives = max_receive_count
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.queue_url: str | None = None
+        self.subscription_arn: str | None = None
+
+    def open(self) -> None:
+        """Create the queue, allow the topic to send to it, and subscribe with raw delivery."""
+        attributes = {"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"}
+        if self._dlq_arn:
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": self._dlq_arn, "maxReceiveCount": self._max_receives}
+            )
+        self.queue_url = self._sqs.create_queue(
+            QueueName=self._queue_name,
+            Attributes=attributes,
+            tags={"cmlfleet:role": "relay"},
+        )["QueueUrl"]
+        queue_arn = self._sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        self._sqs.set_queue_attributes(
+            QueueUrl=self.queue_url,
+            Attributes={"Policy": _topic_may_send(self._topic_arn, queue_arn)},
+        )
+        self.subscription_arn = self._sns.subscribe(
+            TopicArn=self._topic_arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+            ReturnSubscriptionArn=True,
+        )["SubscriptionArn"]
+        logger.info("relay queue ready", queue_url=self.queue_url)
+
+    def start(self, sink: EventSink) -> None:
+        """Drain the queue on a background thread, handing each batch of events to `sink`."""
+        self._thread = threading.Thread(
+            target=self._drain, args=(sink,), name="relay-sqs-poller", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, join_timeout: float = 25.0) -> None:
+        """Stop polling, unsubscribe and delete the queue (best effort, logged)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(join_timeout)
+        try:
+            if self.subscription_arn:
+                self._sns.unsubscribe(SubscriptionArn=self.subscription_arn)
+            if self.queue_url:
+                self._sqs.delete_queue(QueueUrl=self.queue_url)
+        except Exception:  # cleanup must not hide the reason we are stopping
+            logger.exception("relay queue cleanup failed; the reaper will remove it")
+        else:
+            logger.info("relay queue deleted", queue_url=self.queue_url)
+
+    def _drain(self, sink: EventSink) -> None:
+        while not self._stop.is_set():
+            try:
+                self._receive_once(sink)
+            except Exception:
+                logger.exception("receiving from the relay queue failed; retrying")
+                self._stop.wait(1.0)
+
+    def _receive_once(self, sink: EventSink) -> None:
+        response = self._sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self._poll_wait
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return
+        events, done = [], []
+        for message in messages:
+            try:
+                events.append(CloudEvent.from_json(message["Body"]))
+            except EnvelopeError as error:
+                logger.error("invalid message on the relay queue", reason=str(error))
+                if self._dlq_arn:  # leave it: the redrive policy moves it to the DLQ
+                    continue
+            done.append(message)
+        if events:
+            sink(events)
+        if done:
+            self._sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
+                ],
+            )
+
+
+def _topic_may_send(topic_arn: str, queue_arn: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sns.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                }
+            ],
+        }
+    )

@@ -1,0 +1,44 @@
+"""The frames the relay sends: bus events in the wire format, and its own events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cmlfleet.events.catalog import EventData
+from cmlfleet.events.envelope import CloudEvent
+from cmlfleet.timeutil import format_rfc3339
+from relay.sse import ServerSentEvent
+
+
+def wire_data(event: CloudEvent) -> dict[str, Any]:
+    """A bus event's `data:` on the wire: `{id, type, time, worker_id, version, data}`."""
+    return {
+        "id": event.id,
+        "type": event.type,
+        "time": format_rfc3339(event.time),
+        "worker_id": event.subject,
+        "version": event.workerversion,
+        "data": event.data,
+    }
+
+
+def bus_event_frame(event: CloudEvent) -> bytes:
+    """A bus event as one SSE frame whose `id:` is the event id (the replay cursor)."""
+    return ServerSentEvent(
+        id=event.id, event=event.type, data=_one_line_json(wire_data(event))
+    ).encode()
+
+
+def relay_event_frame(payload: EventData, *, retry_ms: int | None = None) -> bytes:
+    """One of the relay's own events. It carries no `id:`, so the client's cursor stays put."""
+    return ServerSentEvent(
+        event=payload.event_type,
+        data=_one_line_json(payload.model_dump(mode="json")),
+        retry_ms=retry_ms,
+    ).encode()
+
+
+def _one_line_json(value: dict[str, Any]) -> str:
+    # json.dumps escapes control characters inside strings, so this is always one line.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

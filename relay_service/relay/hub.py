@@ -1,0 +1,116 @@
+"""The hub: fans frames out to subscribers. It knows neither HTTP nor SQS.
+
+Every subscriber has a bounded buffer. `publish` never waits: a subscriber whose buffer
+is full is cut off (it reconnects and resumes from its last event id) so one slow client
+can never hold up the others. Everything here runs on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+
+
+class SubscriptionClosedError(Exception):
+    """The subscription ended; `final_frame`, if any, is the last thing to send."""
+
+    def __init__(self, reason: str, final_frame: bytes | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.final_frame = final_frame
+
+
+class Subscription:
+    """One connected client's bounded buffer of frames."""
+
+    def __init__(self, limit: int) -> None:
+        self.client_id = uuid.uuid4().hex
+        self._limit = limit
+        self._frames: deque[bytes] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed: SubscriptionClosedError | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame; `False` if the buffer is full (the caller decides what follows)."""
+        if self._closed is not None:
+            return True
+        if len(self._frames) >= self._limit:
+            return False
+        self._frames.append(frame)
+        self._wakeup.set()
+        return True
+
+    def close(self, reason: str, final_frame: bytes | None = None) -> None:
+        """End the subscription after what is queued; `final_frame` goes out last."""
+        if self._closed is None:
+            self._closed = SubscriptionClosedError(reason, final_frame)
+            self._wakeup.set()
+
+    async def next_frames(self, quiet_seconds: float) -> list[bytes]:
+        """Every queued frame (maybe none, after `quiet_seconds` without any).
+
+        Raises `SubscriptionClosedError` once the subscription is closed and drained;
+        a cut-off drops what is queued, a shutdown delivers it first.
+        """
+        if not self._frames and self._closed is None:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), quiet_seconds)
+            except TimeoutError:
+                return []
+        if self._closed is not None and (self._closed.reason != "shutdown" or not self._frames):
+            raise self._closed
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
+
+class Hub:
+    """Subscribers and fan-out; counts what happened for the metrics endpoint."""
+
+    def __init__(self, client_buffer_limit: int = 1000) -> None:
+        self._limit = client_buffer_limit
+        self._subscriptions: dict[str, Subscription] = {}
+        self.accepting = True
+        self.stats: Counter[str] = Counter()
+
+    @property
+    def client_count(self) -> int:
+        return len(self._subscriptions)
+
+    def subscribe(self) -> Subscription:
+        if not self.accepting:
+            raise RuntimeError("the hub is shutting down")
+        subscription = Subscription(self._limit)
+        self._subscriptions[subscription.client_id] = subscription
+        self.stats["connects"] += 1
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if self._subscriptions.pop(subscription.client_id, None) is not None:
+            self.stats["disconnects"] += 1
+
+    def publish(self, frame: bytes) -> None:
+        """Offer one frame to every subscriber; cut off those that cannot take it."""
+        self.stats["published"] += 1
+        for subscription in list(self._subscriptions.values()):
+            if subscription.offer(frame):
+                self.stats["deliveries"] += 1
+            else:
+                self.stats["cutoffs_slow_client"] += 1
+                subscription.close("slow_client")
+                self.unsubscribe(subscription)
+
+    def shut_down(self, final_frame: Callable[[Subscription], bytes]) -> int:
+        """Stop accepting and close every subscriber with its own final frame."""
+        self.accepting = False
+        subscriptions = list(self._subscriptions.values())
+        for subscription in subscriptions:
+            subscription.close("shutdown", final_frame(subscription))
+        return len(subscriptions)

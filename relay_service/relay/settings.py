@@ -1,0 +1,42 @@
+"""The relay's settings: one validated class, read from the environment at start."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cmlfleet.settings import ConfigurationError, describe_validation_error
+
+
+class RelaySettings(BaseSettings):
+    """Environment names are the field names upper-cased (as in `template.yaml`)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:", description="domain events topic")
+    relay_queue_prefix: str = Field(default="cmlfleet-relay", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    relay_dlq_arn: str | None = Field(default=None, description="redrive target for poison")
+    relay_max_receive_count: int = Field(default=5, ge=1, le=1000)
+    relay_task_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex[:16], pattern=r"^[A-Za-z0-9_-]{1,36}$"
+    )
+    heartbeat_seconds: float = Field(default=30.0, gt=0, le=300)
+    relay_retry_ms: int = Field(default=3000, ge=0, le=600_000)
+    relay_poll_wait_seconds: int = Field(default=20, ge=0, le=20)
+    relay_client_buffer: int = Field(default=1000, ge=1, le=1_000_000)
+    relay_shutdown_min_ms: int = Field(default=500, ge=0)
+    relay_shutdown_max_ms: int = Field(default=5000, ge=0)
+    relay_host: str = "0.0.0.0"
+    relay_port: int = Field(default=8080, ge=0, le=65535)
+
+
+def load_relay_settings() -> RelaySettings:
+    """The settings, or a `ConfigurationError` naming every bad variable."""
+    try:
+        return RelaySettings()  # values come from the environment
+    except ValidationError as error:
+        raise ConfigurationError(
+            f"invalid relay configuration: {describe_validation_error(error)}"
+        ) from None
