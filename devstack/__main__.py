@@ -9,11 +9,13 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from devstack.template import ROOT
 
-STATE_FILE = ROOT / ".devstack" / "state.json"
+# Where `run` tells `ec2-event` how to reach it; tests point it elsewhere.
+STATE_FILE = Path(os.environ.get("DEVSTACK_STATE_FILE", ROOT / ".devstack" / "state.json"))
 
 
 def main(argv: list[str] | None = None) -> int:

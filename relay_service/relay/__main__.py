@@ -7,7 +7,11 @@ and end every stream; uvicorn then closes cleanly.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -19,6 +23,9 @@ from relay.bus import SqsEventBus
 from relay.settings import RelaySettings, load_relay_settings
 
 
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class RelayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
         super().__init__(config)
@@ -27,6 +34,20 @@ class RelayServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._relay.begin_shutdown_threadsafe()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal once it has shut down, so the process dies by it;
+        # a relay that drained its clients has done its job and exits 0 instead.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def build_bus(settings: RelaySettings) -> SqsEventBus:

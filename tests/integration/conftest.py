@@ -1,0 +1,80 @@
+"""Fixtures with real servers: moto over HTTP and relay processes under uvicorn."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from devstack.relayproc import RelayProcess
+from devstack.stack import LOCAL_ENVIRONMENT, free_port
+
+
+class MotoEndpoint:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def client(self, service: str) -> Any:
+        return boto3.session.Session().client(
+            service, region_name="us-east-1", endpoint_url=self.url
+        )
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[MotoEndpoint]:
+    """A moto server on loopback, reachable by child processes."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield MotoEndpoint(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def topic_arn(moto_endpoint: MotoEndpoint, request: pytest.FixtureRequest) -> str:
+    name = "events-" + request.node.name.replace("[", "-").replace("]", "")[:200]
+    return str(moto_endpoint.client("sns").create_topic(Name=name[:256])["TopicArn"])
+
+
+RelayFactory = Callable[..., RelayProcess]
+
+
+@pytest.fixture
+def start_relay(moto_endpoint: MotoEndpoint, topic_arn: str) -> Iterator[RelayFactory]:
+    """Starts relay processes on free ports; all are stopped at the end of the test."""
+    started: list[RelayProcess] = []
+
+    def start(**settings: str) -> RelayProcess:
+        environment = {
+            **LOCAL_ENVIRONMENT,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": moto_endpoint.url,
+            "TOPIC_ARN": topic_arn,
+            "RELAY_POLL_WAIT_SECONDS": "1",
+            "HEARTBEAT_SECONDS": "30",
+            **settings,
+        }
+        relay = RelayProcess(environment, port=free_port())
+        started.append(relay)
+        return relay.start()
+
+    yield start
+    for relay in started:
+        relay.stop(timeout=15)
+
+
+@pytest.fixture
+def restore_environment() -> Iterator[None]:
+    """Give back os.environ as it was (the local stack points boto3 at its moto server)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -1,0 +1,691 @@
+"""template.yaml: it lints, transforms offline, wires what the code reads, and deploys in moto.
+
+The transform runs once per module (offline, through `devstack.template`); the assertions
+read the plain CloudFormation it produces, the way CloudFormation itself would see it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import io
+import json
+import subprocess
+import sys
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.shared import constants as powertools_constants
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from moto import mock_aws
+
+from cmlfleet.adapters.repository import INSTANCE_INDEX
+from cmlfleet.settings import FleetSettings
+from devstack.template import (
+    ROOT,
+    LocalTemplate,
+    load_sam_template,
+    localize,
+    transform_template,
+)
+
+BUCKET = "cmlfleet-template-tests"
+STACK_NAME = "cmlfleet-template-test"
+FUNCTIONS = ("InstanceStateFunction", "EventPublisherFunction")
+LAYERS = ("CodeLayer", "DependenciesLayer")
+EC2_PATTERN = {
+    "source": ["aws.ec2"],
+    "detail-type": ["EC2 Instance State-change Notification"],
+}
+OUTBOX_FILTER = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"kind": {"S": ["event"]}}}}
+# Environment variable → the resource its value must `Ref`.
+REQUIRED_REFS = {
+    "TABLE_NAME": "WorkersTable",
+    "IDEMPOTENCY_TABLE_NAME": "IdempotencyTable",
+    "TOPIC_ARN": "DomainEventsTopic",
+}
+# Every POWERTOOLS_* variable Powertools itself knows; anything else is a typo.
+POWERTOOLS_VARIABLES = frozenset(
+    value
+    for value in vars(powertools_constants).values()
+    if isinstance(value, str) and value.startswith("POWERTOOLS_")
+)
+SCOPED_SERVICES = ("dynamodb:", "sns:", "sqs:")
+EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
+
+
+# ---- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam() -> dict[str, Any]:
+    return load_sam_template()
+
+
+@pytest.fixture(scope="module")
+def transformed(sam: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+    return transform_template(sam, BUCKET)
+
+
+@pytest.fixture(scope="module")
+def cfn(transformed: tuple[dict[str, Any], dict[str, Path]]) -> dict[str, Any]:
+    return transformed[0]
+
+
+@pytest.fixture(scope="module")
+def resources(cfn: dict[str, Any]) -> dict[str, Any]:
+    return dict(cfn["Resources"])
+
+
+@pytest.fixture(scope="module")
+def localized() -> LocalTemplate:
+    return localize(bucket=BUCKET)
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def of_type(resources: dict[str, Any], type_name: str) -> dict[str, dict[str, Any]]:
+    return {rid: r for rid, r in resources.items() if r.get("Type") == type_name}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def ref(logical_id: str) -> dict[str, str]:
+    return {"Ref": logical_id}
+
+
+def get_att(logical_id: str, attribute: str) -> dict[str, list[str]]:
+    return {"Fn::GetAtt": [logical_id, attribute]}
+
+
+def points_at_function(arn: Any, function_id: str) -> bool:
+    return arn in (get_att(function_id, "Arn"), ref(function_id))
+
+
+def render(expression: Any) -> str:
+    """A resource expression as one string, intrinsics kept as `${...}` placeholders."""
+    if isinstance(expression, str):
+        return expression
+    if isinstance(expression, dict) and len(expression) == 1:
+        (function, argument), *_ = expression.items()
+        if function == "Ref":
+            return "${" + str(argument) + "}"
+        if function == "Fn::GetAtt":
+            target, attribute = argument if isinstance(argument, list) else argument.split(".", 1)
+            return "${" + f"{target}.{attribute}" + "}"
+        if function == "Fn::Sub":
+            text, variables = (argument, {}) if isinstance(argument, str) else argument
+            for name, value in variables.items():
+                text = text.replace("${" + name + "}", render(value))
+            return str(text)
+        if function == "Fn::Join":
+            separator, parts = argument
+            return str(separator).join(render(part) for part in parts)
+    raise AssertionError(f"resource expression not understood: {expression!r}")
+
+
+def policy_statements(resources: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, statement) for every permission statement in the template (not trust policies)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for rid, resource in resources.items():
+        props = resource.get("Properties", {})
+        documents = []
+        if "PolicyDocument" in props:
+            documents.append((rid, props["PolicyDocument"]))
+        for policy in props.get("Policies", []) if resource["Type"] == "AWS::IAM::Role" else []:
+            documents.append((f"{rid}/{policy.get('PolicyName')}", policy["PolicyDocument"]))
+        for where, document in documents:
+            found.extend((where, s) for s in as_list(document.get("Statement", [])))
+    return found
+
+
+def role_of(resources: dict[str, Any], function_id: str) -> str:
+    role = resources[function_id]["Properties"]["Role"]
+    assert isinstance(role, dict)
+    assert "Fn::GetAtt" in role, f"{function_id} role is not one of this template's roles"
+    role_id = str(role["Fn::GetAtt"][0])
+    assert resources[role_id]["Type"] == "AWS::IAM::Role"
+    return role_id
+
+
+def role_statements(resources: dict[str, Any], role_id: str) -> list[dict[str, Any]]:
+    """The inline statements of a role and of every AWS::IAM::Policy attached to it."""
+    statements = []
+    for policy in resources[role_id]["Properties"].get("Policies", []):
+        statements.extend(as_list(policy["PolicyDocument"]["Statement"]))
+    for policy in of_type(resources, "AWS::IAM::Policy").values():
+        if ref(role_id) in policy["Properties"].get("Roles", []):
+            statements.extend(as_list(policy["Properties"]["PolicyDocument"]["Statement"]))
+    return statements
+
+
+def allows(statements: list[dict[str, Any]], action: str, resources: set[str]) -> bool:
+    """Whether an Allow statement grants `action` on one of the equivalent `resources`."""
+    for statement in statements:
+        if statement.get("Effect") != "Allow" or "Action" not in statement:
+            continue
+        actions = [a.lower() for a in as_list(statement["Action"])]
+        if not any(fnmatch.fnmatchcase(action.lower(), pattern) for pattern in actions):
+            continue
+        patterns = [render(r) for r in as_list(statement.get("Resource", []))]
+        if any(fnmatch.fnmatchcase(want, p) for want in resources for p in patterns):
+            return True
+    return False
+
+
+def topic_arn_forms(topic_id: str) -> set[str]:
+    return {
+        "${" + topic_id + "}",  # Ref of an SNS topic is its ARN
+        "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:${" + topic_id + ".TopicName}",
+    }
+
+
+def queue_arn_forms(queue_id: str) -> set[str]:
+    return {
+        "${" + queue_id + ".Arn}",
+        "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${" + queue_id + ".QueueName}",
+    }
+
+
+def matches_filter(pattern: Any, data: Any) -> bool:
+    """Event filtering for the exact-value patterns the template uses (lists of literals)."""
+    if isinstance(pattern, dict):
+        return isinstance(data, dict) and all(
+            key in data and matches_filter(sub, data[key]) for key, sub in pattern.items()
+        )
+    assert isinstance(pattern, list), f"unsupported filter element {pattern!r}"
+    assert all(not isinstance(v, dict | list) for v in pattern), "only literal values supported"
+    return data in pattern
+
+
+def rules_targeting(resources: dict[str, Any], function_id: str) -> dict[str, dict[str, Any]]:
+    """Rule id → its target that invokes `function_id`."""
+    found = {}
+    for rule_id, rule in of_type(resources, "AWS::Events::Rule").items():
+        for target in rule["Properties"].get("Targets", []):
+            if points_at_function(target.get("Arn"), function_id):
+                found[rule_id] = target
+    return found
+
+
+def stream_mappings_of(resources: dict[str, Any], function_id: str) -> dict[str, dict[str, Any]]:
+    return {
+        mid: m["Properties"]
+        for mid, m in of_type(resources, "AWS::Lambda::EventSourceMapping").items()
+        if m["Properties"].get("FunctionName") in (ref(function_id), get_att(function_id, "Arn"))
+    }
+
+
+def layer_version_id(resources: dict[str, Any], layer_ref: Any) -> str:
+    assert isinstance(layer_ref, dict)
+    assert set(layer_ref) == {"Ref"}, f"layer {layer_ref!r} is not a layer of this template"
+    layer_id = str(layer_ref["Ref"])
+    assert resources[layer_id]["Type"] == "AWS::Lambda::LayerVersion"
+    return layer_id
+
+
+# ---- 1. lint ----------------------------------------------------------------------------
+
+
+def test_cfn_lint_reports_no_errors() -> None:
+    """cfn-lint exits 0 (no errors, warnings or informational findings)."""
+    # `python -m cfnlint` has no __main__; run the console entry point's function instead.
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from cfnlint.runner import main; sys.exit(main())",
+        "template.yaml",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (
+        f"cfn-lint exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
+
+
+# ---- 2. transform -----------------------------------------------------------------------
+
+
+def test_the_sam_transform_runs_offline_and_maps_every_code_directory_to_s3(
+    transformed: tuple[dict[str, Any], dict[str, Path]],
+) -> None:
+    cfn, artifacts = transformed
+    assert "Transform" not in cfn
+    assert not of_type(cfn["Resources"], "AWS::Serverless::Function")
+    assert set(artifacts) == {f"{name}.zip" for name in (*FUNCTIONS, *LAYERS)}
+    for key, directory in artifacts.items():
+        assert directory.is_dir(), f"{key} would be zipped from missing {directory}"
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_the_transform_yields_each_function_on_python_312_with_tracing_and_both_layers(
+    resources: dict[str, Any], function_id: str
+) -> None:
+    function = resources[function_id]
+    assert function["Type"] == "AWS::Lambda::Function"
+    props = function["Properties"]
+    assert props["Runtime"] == "python3.12"
+    assert props["Handler"] == "app.lambda_handler"
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert props["Code"] == {"S3Bucket": BUCKET, "S3Key": f"{function_id}.zip"}
+    layer_ids = [layer_version_id(resources, layer) for layer in props["Layers"]]
+    assert len(layer_ids) == len(LAYERS)
+    # SAM names a LayerVersion after the SAM resource plus a content hash.
+    for sam_layer in LAYERS:
+        assert [lid for lid in layer_ids if lid.startswith(sam_layer)], (
+            f"{function_id} does not use {sam_layer}: {layer_ids}"
+        )
+
+
+def test_the_functions_handlers_exist_in_their_code_directories(sam: dict[str, Any]) -> None:
+    for function_id in FUNCTIONS:
+        props = sam["Resources"][function_id]["Properties"]
+        module, _, attribute = props["Handler"].rpartition(".")
+        source = ROOT / props["CodeUri"] / f"{module}.py"
+        assert source.is_file(), f"{function_id}: no {source}"
+        assert f"def {attribute}(" in source.read_text()
+
+
+# ---- 3. environment ---------------------------------------------------------------------
+
+
+def test_fleet_settings_requires_exactly_the_table_names_and_the_topic_arn() -> None:
+    required = {name for name, field in FleetSettings.model_fields.items() if field.is_required()}
+    assert required == {"table_name", "idempotency_table_name", "topic_arn"}
+    assert {name.upper() for name in required} == set(REQUIRED_REFS)
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_every_required_setting_is_set_on_each_function_from_the_right_resource(
+    resources: dict[str, Any], function_id: str
+) -> None:
+    variables = resources[function_id]["Properties"]["Environment"]["Variables"]
+    required = {
+        name.upper() for name, field in FleetSettings.model_fields.items() if field.is_required()
+    }
+    missing = required - set(variables)
+    assert not missing, f"{function_id} lacks {sorted(missing)}"
+    for name, target in REQUIRED_REFS.items():
+        assert variables[name] == ref(target), f"{function_id}: {name}={variables[name]!r}"
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_every_variable_set_on_each_function_is_one_the_code_reads(
+    resources: dict[str, Any], function_id: str
+) -> None:
+    variables = resources[function_id]["Properties"]["Environment"]["Variables"]
+    settings = {name.upper() for name in FleetSettings.model_fields}
+    unknown = sorted(set(variables) - settings - POWERTOOLS_VARIABLES)
+    assert not unknown, f"{function_id} sets variables nothing reads: {unknown}"
+    assert variables.get("POWERTOOLS_SERVICE_NAME"), f"{function_id} names no service"
+
+
+# ---- 4. EventBridge ---------------------------------------------------------------------
+
+
+def test_the_ec2_rule_matches_exactly_state_changes_and_retries_into_a_dead_letter_queue(
+    resources: dict[str, Any],
+) -> None:
+    rules = rules_targeting(resources, "InstanceStateFunction")
+    assert len(rules) == 1, f"expected one rule for InstanceStateFunction, got {sorted(rules)}"
+    (rule_id, target), *_ = rules.items()
+    props = resources[rule_id]["Properties"]
+    assert props["EventPattern"] == EC2_PATTERN
+    assert props.get("State", "ENABLED") == "ENABLED"
+    assert "EventBusName" not in props  # AWS service events arrive on the default bus
+    retry = target["RetryPolicy"]
+    assert 0 <= retry["MaximumRetryAttempts"] <= 185
+    assert 60 <= retry.get("MaximumEventAgeInSeconds", 86_400) <= 86_400
+    assert target["DeadLetterConfig"] == {"Arn": get_att("InstanceStateDeadLetterQueue", "Arn")}
+
+
+def test_the_ec2_rule_pattern_matches_the_sample_notifications(resources: dict[str, Any]) -> None:
+    (rule_id, _), *_ = rules_targeting(resources, "InstanceStateFunction").items()
+    pattern = resources[rule_id]["Properties"]["EventPattern"]
+    for path in sorted(EVENTS_DIR.glob("ec2_state_change_*.json")):
+        assert matches_filter(pattern, json.loads(path.read_text())), path.name
+    assert not matches_filter(pattern, {"source": "aws.ec2", "detail-type": "AWS API Call"})
+
+
+def test_eventbridge_may_invoke_the_instance_state_function_for_that_rule(
+    resources: dict[str, Any],
+) -> None:
+    (rule_id, _), *_ = rules_targeting(resources, "InstanceStateFunction").items()
+    permissions = [
+        p["Properties"]
+        for p in of_type(resources, "AWS::Lambda::Permission").values()
+        if points_at_function(p["Properties"]["FunctionName"], "InstanceStateFunction")
+    ]
+    assert any(
+        p["Action"] == "lambda:InvokeFunction"
+        and p["Principal"] == "events.amazonaws.com"
+        and p.get("SourceArn") == get_att(rule_id, "Arn")
+        for p in permissions
+    ), permissions
+
+
+def test_eventbridge_may_send_to_the_instance_state_dead_letter_queue(
+    resources: dict[str, Any],
+) -> None:
+    queue_ref = ref("InstanceStateDeadLetterQueue")
+    policies = [
+        p["Properties"]["PolicyDocument"]
+        for p in of_type(resources, "AWS::SQS::QueuePolicy").values()
+        if queue_ref in p["Properties"]["Queues"]
+    ]
+    assert any(
+        s.get("Effect") == "Allow"
+        and s.get("Principal") == {"Service": "events.amazonaws.com"}
+        and "sqs:SendMessage" in as_list(s.get("Action"))
+        and render(s.get("Resource")) == "${InstanceStateDeadLetterQueue.Arn}"
+        for policy in policies
+        for s in as_list(policy["Statement"])
+    ), policies
+
+
+# ---- 5. DynamoDB stream -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outbox_mapping(resources: dict[str, Any]) -> dict[str, Any]:
+    mappings = stream_mappings_of(resources, "EventPublisherFunction")
+    assert len(mappings) == 1, f"expected one mapping for EventPublisherFunction: {mappings}"
+    (properties,) = mappings.values()
+    return properties
+
+
+def test_the_publisher_reads_the_workers_table_stream_and_reports_partial_failures(
+    outbox_mapping: dict[str, Any],
+) -> None:
+    assert outbox_mapping["EventSourceArn"] == get_att("WorkersTable", "StreamArn")
+    assert outbox_mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert outbox_mapping["BisectBatchOnFunctionError"] is True
+    retries = outbox_mapping["MaximumRetryAttempts"]
+    assert isinstance(retries, int)
+    assert 0 <= retries <= 10_000, "-1 (the default) retries a poison record until it expires"
+    assert outbox_mapping["DestinationConfig"]["OnFailure"]["Destination"] == get_att(
+        "PublisherDeadLetterQueue", "Arn"
+    )
+
+
+def test_the_publisher_filter_only_passes_inserted_event_items(
+    outbox_mapping: dict[str, Any],
+) -> None:
+    filters = outbox_mapping["FilterCriteria"]["Filters"]
+    assert len(filters) == 1, "filters are ORed: a second one could let other items through"
+    pattern = json.loads(filters[0]["Pattern"])
+    assert pattern == OUTBOX_FILTER
+    records = json.loads((EVENTS_DIR / "dynamodb_stream_outbox_insert.json").read_text())
+    passed = [matches_filter(pattern, r) for r in records["Records"]]
+    assert passed == [True, False]  # the event item passes; the worker item does not
+    event_record = records["Records"][0]
+    for event_name in ("MODIFY", "REMOVE"):
+        assert not matches_filter(pattern, {**event_record, "eventName": event_name})
+
+
+# ---- 6. tables --------------------------------------------------------------------------
+
+
+def test_the_workers_table_has_the_keys_stream_ttl_and_index_the_code_uses(
+    resources: dict[str, Any],
+) -> None:
+    table = resources["WorkersTable"]
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    props = table["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["StreamSpecification"]["StreamViewType"] in {"NEW_IMAGE", "NEW_AND_OLD_IMAGES"}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    indexes = {index["IndexName"]: index for index in props["GlobalSecondaryIndexes"]}
+    assert INSTANCE_INDEX == "ByInstanceId"
+    assert INSTANCE_INDEX in indexes
+    assert indexes[INSTANCE_INDEX]["KeySchema"] == [
+        {"AttributeName": "instance_id", "KeyType": "HASH"}
+    ]
+    definitions = props["AttributeDefinitions"]
+    attribute_types = {a["AttributeName"]: a["AttributeType"] for a in definitions}
+    assert attribute_types == {"pk": "S", "sk": "S", "instance_id": "S"}
+
+
+def test_the_idempotency_table_matches_the_powertools_persistence_layer(
+    resources: dict[str, Any],
+) -> None:
+    props = resources["IdempotencyTable"]["Properties"]
+    defaults = inspect.signature(DynamoDBPersistenceLayer.__init__).parameters
+    key, expiry = defaults["key_attr"].default, defaults["expiry_attr"].default
+    assert (key, expiry) == ("id", "expiration")
+    assert props["KeySchema"] == [{"AttributeName": key, "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": key, "AttributeType": "S"}]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": expiry, "Enabled": True}
+
+
+# ---- 7. IAM -----------------------------------------------------------------------------
+
+
+def test_no_policy_statement_grants_every_action_of_a_service(resources: dict[str, Any]) -> None:
+    statements = policy_statements(resources)
+    assert statements, "no policy statements found: the collector is broken"
+    offending = []
+    for where, statement in statements:
+        if statement.get("Effect") == "Allow" and ("NotAction" in statement):
+            offending.append((where, statement))
+        for action in as_list(statement.get("Action", [])):
+            if action == "*" or str(action).endswith(":*"):
+                offending.append((where, statement))
+    assert not offending, offending
+
+
+def test_no_data_plane_statement_applies_to_every_resource(resources: dict[str, Any]) -> None:
+    offending = []
+    for where, statement in policy_statements(resources):
+        actions = [str(a).lower() for a in as_list(statement.get("Action", []))]
+        if not any(a.startswith(SCOPED_SERVICES) for a in actions):
+            continue
+        if "NotResource" in statement or "*" in as_list(statement.get("Resource", [])):
+            offending.append((where, statement))
+    assert not offending, offending
+
+
+@pytest.mark.parametrize("action", ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query"])
+def test_the_instance_state_role_may_use_the_workers_table_and_its_instance_index(
+    resources: dict[str, Any], action: str
+) -> None:
+    statements = role_statements(resources, role_of(resources, "InstanceStateFunction"))
+    table = "${WorkersTable.Arn}"
+    assert allows(statements, action, {table}), f"{action} on WorkersTable"
+    if action == "dynamodb:Query":
+        index = f"{table}/index/{INSTANCE_INDEX}"
+        assert allows(statements, action, {index}), f"{action} on {INSTANCE_INDEX}"
+
+
+@pytest.mark.parametrize(
+    "action", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
+)
+def test_the_instance_state_role_may_keep_idempotency_records(
+    resources: dict[str, Any], action: str
+) -> None:
+    statements = role_statements(resources, role_of(resources, "InstanceStateFunction"))
+    assert allows(statements, action, {"${IdempotencyTable.Arn}"})
+
+
+def test_the_event_publisher_role_may_publish_to_the_topic_and_its_dead_letter_queue(
+    resources: dict[str, Any],
+) -> None:
+    role_id = role_of(resources, "EventPublisherFunction")
+    statements = role_statements(resources, role_id)
+    assert allows(statements, "sns:Publish", topic_arn_forms("DomainEventsTopic"))
+    # The stream mapping's on-failure destination is written with the function's role.
+    assert allows(statements, "sqs:SendMessage", queue_arn_forms("PublisherDeadLetterQueue"))
+    managed = [str(arn) for arn in resources[role_id]["Properties"].get("ManagedPolicyArns", [])]
+    reads_stream = any(arn.endswith("/AWSLambdaDynamoDBExecutionRole") for arn in managed)
+    assert reads_stream or allows(statements, "dynamodb:GetRecords", {"${WorkersTable.StreamArn}"})
+
+
+def test_the_instance_state_role_cannot_publish_or_read_other_tables(
+    resources: dict[str, Any],
+) -> None:
+    statements = role_statements(resources, role_of(resources, "InstanceStateFunction"))
+    assert not allows(statements, "sns:Publish", topic_arn_forms("DomainEventsTopic"))
+    assert not allows(statements, "dynamodb:Scan", {"${WorkersTable.Arn}"})
+
+
+# ---- 8. outputs -------------------------------------------------------------------------
+
+
+def test_the_outputs_name_the_table_the_topic_and_the_relay_dead_letter_queue(
+    cfn: dict[str, Any],
+) -> None:
+    outputs = {name: output["Value"] for name, output in cfn["Outputs"].items()}
+    assert outputs["WorkersTableName"] == ref("WorkersTable")
+    assert outputs["DomainEventsTopicArn"] == ref("DomainEventsTopic")
+    assert outputs["RelayDeadLetterQueueArn"] == get_att("RelayDeadLetterQueue", "Arn")
+
+
+# ---- 9. localize ------------------------------------------------------------------------
+
+
+def test_localize_leaves_no_rule_target_pointing_at_a_function(localized: LocalTemplate) -> None:
+    resources = localized.cloudformation["Resources"]
+    functions = set(of_type(resources, "AWS::Lambda::Function"))
+    rules = of_type(resources, "AWS::Events::Rule")
+    assert rules
+    for rule_id, rule in rules.items():
+        for target in rule["Properties"]["Targets"]:
+            arn = target["Arn"]
+            assert not any(points_at_function(arn, f) for f in functions), (rule_id, target)
+            queue_id = arn["Fn::GetAtt"][0]
+            assert arn == get_att(queue_id, "Arn")
+            assert resources[queue_id]["Type"] == "AWS::SQS::Queue"
+
+
+def test_localize_records_a_tap_for_the_instance_state_rule_with_its_retries(
+    resources: dict[str, Any], localized: LocalTemplate
+) -> None:
+    (rule_id, target), *_ = rules_targeting(resources, "InstanceStateFunction").items()
+    taps = [tap for tap in localized.taps if tap.function_id == "InstanceStateFunction"]
+    assert len(taps) == 1, localized.taps
+    (tap,) = taps
+    assert tap.rule_id == rule_id
+    assert tap.max_retries == target["RetryPolicy"]["MaximumRetryAttempts"]
+    local_targets = localized.cloudformation["Resources"][rule_id]["Properties"]["Targets"]
+    assert [t["Arn"] for t in local_targets] == [get_att(tap.queue_id, "Arn")]
+
+
+def test_localize_takes_out_the_stream_mapping_and_records_it(
+    outbox_mapping: dict[str, Any], localized: LocalTemplate
+) -> None:
+    local_resources = localized.cloudformation["Resources"]
+    assert not of_type(local_resources, "AWS::Lambda::EventSourceMapping")
+    mappings = [m for m in localized.streams if m.function_id == "EventPublisherFunction"]
+    assert len(mappings) == 1, localized.streams
+    (mapping,) = mappings
+    assert mapping.table_id == "WorkersTable"
+    assert mapping.batch_size == outbox_mapping["BatchSize"]
+    assert mapping.max_retries == outbox_mapping["MaximumRetryAttempts"]
+    assert mapping.dlq_id == "PublisherDeadLetterQueue"
+
+
+# ---- 10. moto ---------------------------------------------------------------------------
+
+
+def _small_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def lambda_handler(event, context):\n    return event\n")
+    return buffer.getvalue()
+
+
+def _wait_for_stack(cloudformation: Any, deadline_seconds: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+        if not stack["StackStatus"].endswith("_IN_PROGRESS"):
+            return stack
+        assert time.monotonic() < deadline, f"stack still {stack['StackStatus']}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def deployed(localized: LocalTemplate) -> Iterator[dict[str, Any]]:
+    """The localized stack created in moto: its final description and physical ids."""
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        for key in localized.artifacts:
+            s3.put_object(Bucket=BUCKET, Key=key, Body=_small_zip())
+        cloudformation = boto3.client("cloudformation")
+        with warnings.catch_warnings():
+            # moto skips AWS::SQS::QueuePolicy and says so (when it parses the template for
+            # any stack call); that is no template error.
+            warnings.filterwarnings("ignore", message="Tried to parse AWS::", category=UserWarning)
+            cloudformation.create_stack(
+                StackName=STACK_NAME,
+                TemplateBody=json.dumps(localized.cloudformation),
+                Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+            )
+            stack = _wait_for_stack(cloudformation)
+            pages = cloudformation.get_paginator("list_stack_resources").paginate(
+                StackName=STACK_NAME
+            )
+            physical = {
+                summary["LogicalResourceId"]: summary["PhysicalResourceId"]
+                for page in pages
+                for summary in page["StackResourceSummaries"]
+            }
+        yield {"stack": stack, "physical": physical}
+
+
+def test_the_localized_template_creates_a_stack_in_moto(deployed: dict[str, Any]) -> None:
+    stack = deployed["stack"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    assert outputs["WorkersTableName"] == deployed["physical"]["WorkersTable"]
+    assert outputs["DomainEventsTopicArn"].startswith("arn:aws:sns:")
+    assert outputs["RelayDeadLetterQueueArn"].startswith("arn:aws:sqs:")
+
+
+def test_the_workers_table_in_moto_has_a_stream_for_the_local_poller(
+    deployed: dict[str, Any],
+) -> None:
+    table = boto3.client("dynamodb").describe_table(TableName=deployed["physical"]["WorkersTable"])[
+        "Table"
+    ]
+    assert table.get("LatestStreamArn")
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == [INSTANCE_INDEX]
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_each_function_in_moto_has_its_environment_resolved(
+    deployed: dict[str, Any], function_id: str
+) -> None:
+    physical = deployed["physical"]
+    configuration = boto3.client("lambda").get_function_configuration(
+        FunctionName=physical[function_id]
+    )
+    assert configuration["Runtime"] == "python3.12"
+    assert configuration["Handler"] == "app.lambda_handler"
+    variables = configuration["Environment"]["Variables"]
+    assert variables["TABLE_NAME"] == physical["WorkersTable"]
+    assert variables["IDEMPOTENCY_TABLE_NAME"] == physical["IdempotencyTable"]
+    assert variables["TOPIC_ARN"] == physical["DomainEventsTopic"]
+    # What the function would load at start validates: names long enough, an SNS ARN.
+    settings = FleetSettings(
+        **{
+            name.lower(): str(value)
+            for name, value in variables.items()
+            if name.lower() in FleetSettings.model_fields
+        }
+    )
+    assert settings.table_name == physical["WorkersTable"]
+    assert settings.event_ttl_days == 7
