@@ -8,12 +8,13 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast run event clean lock
+.PHONY: help venv lint typecheck test test-fast run event bench clean lock
 
 help:
 	@echo "make run    start the local stack (moto, simulated fleet, relay) and print where to connect"
 	@echo "make event  put an EC2 state-change event for a demo worker on the local bus"
 	@echo "make test   ruff, mypy and the whole pytest suite"
+	@echo "make bench  benchmarks (results go in BENCHMARKS.md)"
 	@echo "make clean  remove the virtualenv and caches"
 
 $(STAMP): $(REQUIREMENTS)
@@ -42,6 +43,9 @@ run: $(STAMP)
 
 event: $(STAMP)
 	$(PY) -m devstack ec2-event $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.local_latency
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude pip > requirements/constraints.txt.new

@@ -90,9 +90,9 @@ class FleetAws:
     def subscribe_queue(self, name: str = "subscriber") -> str:
         """A queue subscribed to the topic with raw delivery, as a relay's would be."""
         queue_url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
-        queue_arn = self.sqs.get_queue_attributes(
-            QueueUrl=queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
         self.sns.subscribe(
             TopicArn=self.topic_arn,
             Protocol="sqs",

@@ -22,7 +22,6 @@ from relay.app import Relay, create_app
 from relay.bus import SqsEventBus
 from relay.settings import RelaySettings, load_relay_settings
 
-
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

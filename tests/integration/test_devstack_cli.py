@@ -20,7 +20,6 @@ from tests.sse_client import SseStream
 pytestmark = pytest.mark.e2e
 
 
-
 def environment(state_file: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
     return clean | {"PYTHONPATH": PYTHONPATH, "DEVSTACK_STATE_FILE": str(state_file)}

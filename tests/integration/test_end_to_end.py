@@ -60,8 +60,9 @@ def test_an_ec2_state_change_reaches_the_browser_stream_as_a_status_update(
             account=ACCOUNT_ID,
         )
         update = stream.wait_for(
-            lambda e: e.event == "worker.status.updated"
-            and e.json()["worker_id"] == worker.worker_id,
+            lambda e: (
+                e.event == "worker.status.updated" and e.json()["worker_id"] == worker.worker_id
+            ),
             timeout=30,
         )
     wire = update.json()
@@ -110,7 +111,9 @@ def test_events_for_instances_that_are_not_workers_are_ignored(
 ) -> None:
     stranger = launch_instance(stack.client("ec2"), "not-a-worker", "nobody")
     tracked = register_instance(
-        launch_instance(stack.client("ec2"), "e2e-tracked", "erin"), "e2e-tracked", "erin",
+        launch_instance(stack.client("ec2"), "e2e-tracked", "erin"),
+        "e2e-tracked",
+        "erin",
         stack.region,
     )
     events = stack.client("events")

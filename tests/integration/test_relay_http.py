@@ -7,9 +7,9 @@ import signal
 import subprocess
 import sys
 
+from cmlfleet.adapters.publisher import SnsEventPublisher
 from cmlfleet.events.catalog import WorkerStatusUpdated
 from cmlfleet.events.envelope import CloudEvent, make_event
-from cmlfleet.adapters.publisher import SnsEventPublisher
 from devstack.relayproc import PYTHONPATH
 from tests.integration.conftest import MotoEndpoint, RelayFactory
 from tests.sse_client import SseStream
@@ -91,9 +91,7 @@ def test_each_relay_makes_its_own_queue_and_removes_it_when_it_stops(
     queues = sqs.list_queues(QueueNamePrefix="cmlfleet-relay-task-one").get("QueueUrls", [])
     assert len(queues) == 1
     subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
-    assert [s["Endpoint"].rsplit(":", 1)[-1] for s in subscriptions] == [
-        "cmlfleet-relay-task-one"
-    ]
+    assert [s["Endpoint"].rsplit(":", 1)[-1] for s in subscriptions] == ["cmlfleet-relay-task-one"]
     attributes = sns.get_subscription_attributes(
         SubscriptionArn=subscriptions[0]["SubscriptionArn"]
     )["Attributes"]

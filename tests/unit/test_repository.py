@@ -385,14 +385,6 @@ def test_any_repository_refuses_a_second_new_worker_with_the_same_id(
     assert any_repository.get(worker.worker_id) == worker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: InMemoryWorkerRepository.save (adapters/repository.py) lacks the "
-        "DynamoDB repository's `worker.version <= expected_version` check, so the fake "
-        "accepts a save that does not bump the version"
-    ),
-)
 def test_the_fake_refuses_a_save_that_does_not_bump_the_version() -> None:
     fake = InMemoryWorkerRepository()
     worker, events = registration()

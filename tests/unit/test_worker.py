@@ -306,17 +306,18 @@ def test_a_worker_already_marked_terminated_emits_no_second_worker_terminated() 
     assert change.worker.terminated_by == "alice"
 
 
-# ---- a report older than what registration already knew --------------------------------
+# ---- a worker registered with the state EC2 already reports ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: register_worker(ec2_state=...) does not set ec2_state_at, so "
-        "_is_newer_report treats any later-delivered report as newer, however old it is"
-    ),
-)
-def test_a_report_from_before_registration_does_not_overwrite_the_registered_state() -> None:
-    running = register_worker(name="lab-1", owner="alice", now=at(10), ec2_state="running").worker
+def test_a_delayed_launch_report_does_not_regress_a_worker_registered_as_running() -> None:
+    # devstack/fleet.py registers a just-launched instance as running; EC2's own
+    # notifications for the launch (pending at +1 s, running at +5 s) arrive afterwards,
+    # in any order.
+    registered = register_worker(
+        name="lab-1", owner="alice", now=at(10), ec2_state="running"
+    ).worker
+    assert apply_ec2_state(registered, "running", observed_at=at(5), now=at(11)) is None
 
-    assert apply_ec2_state(running, "pending", observed_at=at(1), now=at(11)) is None
+    late_pending = apply_ec2_state(registered, "pending", observed_at=at(1), now=at(12))
+
+    assert late_pending is None  # the worker must stay running, as EC2 reports it

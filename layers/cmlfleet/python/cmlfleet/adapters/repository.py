@@ -156,6 +156,8 @@ class InMemoryWorkerRepository:
         return list(self.workers.values())
 
     def save(self, worker: Worker, events: Sequence[CloudEvent], *, expected_version: int) -> None:
+        if worker.version <= expected_version:
+            raise ValueError("a saved change must bump the worker's version")
         current = self.workers.get(worker.worker_id)
         if (current.version if current else 0) != expected_version:
             raise ConcurrentModificationError(worker.worker_id)

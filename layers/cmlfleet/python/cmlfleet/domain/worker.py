@@ -89,6 +89,8 @@ def register_worker(
         owner=owner,
         status=status,
         ec2_state=ec2_state,
+        # What EC2 reported at registration is as of now: older reports must not undo it.
+        ec2_state_at=now if ec2_state else None,
         instance_id=instance_id,
         instance_type=instance_type,
         ami_id=ami_id,
