@@ -54,6 +54,7 @@ def run_stack(args: argparse.Namespace) -> int:
     from devstack.stack import ACCOUNT_ID, LocalStack, free_port
 
     _check_port_free(args.host, args.port)
+    stop = _stop_on_signal()  # before anything starts: a Ctrl-C at any point stops cleanly
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
@@ -61,6 +62,8 @@ def run_stack(args: argparse.Namespace) -> int:
     stack = LocalStack(moto_port=free_port(), overrides={} if args.verbose else quiet).start()
     relay = None
     try:
+        if stop.is_set():
+            return 0
         workers = seed_demo_fleet(stack.client("ec2"), stack.region, args.demo_workers)
         relay_env = stack.environment() | {
             "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
@@ -80,7 +83,8 @@ def run_stack(args: argparse.Namespace) -> int:
         STATE_FILE.parent.mkdir(exist_ok=True)
         STATE_FILE.write_text(json.dumps(state, indent=2))
         _print_welcome(relay.url, workers)
-        _wait_for_signal()
+        while not stop.wait(1.0):
+            pass
         print("\nstopping...", flush=True)
     finally:
         if relay is not None:
@@ -195,12 +199,11 @@ def _print_welcome(url: str, workers: list[Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    return stop
 
 
 if __name__ == "__main__":

@@ -5,30 +5,42 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from devstack.lambdas import LocalFunction
 
 log = logging.getLogger("devstack.dispatcher")
 
+DeadLetter = Callable[[str, list[dict[str, Any]]], None]
+
 
 class Worker(threading.Thread):
-    """A daemon thread that repeats `poll_once` until stopped, surviving its errors."""
+    """A daemon thread that repeats `poll_once` until stopped, surviving its errors.
 
-    def __init__(self, name: str, idle_wait: float) -> None:
+    When a poll finds nothing the wait doubles up to `max_idle_wait`, so an idle stack
+    costs little; any work resets it.
+    """
+
+    def __init__(self, name: str, idle_wait: float, max_idle_wait: float | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.stopping = threading.Event()
         self._idle_wait = idle_wait
+        self._max_idle_wait = max_idle_wait if max_idle_wait is not None else idle_wait
 
     def run(self) -> None:
+        wait = self._idle_wait
         while not self.stopping.is_set():
             try:
                 busy = self.poll_once()
             except Exception:
                 log.exception("%s failed; retrying", self.name)
                 busy = False
-            if not busy:
-                self.stopping.wait(self._idle_wait)
+            if busy:
+                wait = self._idle_wait
+            else:
+                self.stopping.wait(wait)
+                wait = min(max(wait * 2, 0.01), self._max_idle_wait)
 
     def poll_once(self) -> bool:
         raise NotImplementedError
@@ -41,15 +53,23 @@ class RuleTapDrainer(Worker):
     """Drains one tap queue (an EventBridge rule's target) into its function.
 
     Like EventBridge's asynchronous invoke: a failing event is retried (the message comes
-    back after its visibility timeout) up to the rule's retry count, then dropped with a log.
+    back after its visibility timeout) up to the rule's retry count, then goes to the
+    rule's dead-letter queue. A message that is not JSON goes there at once.
     """
 
     def __init__(
-        self, sqs: Any, queue_url: str, function: LocalFunction, account: str, max_retries: int
+        self,
+        sqs: Any,
+        queue_url: str,
+        function: LocalFunction,
+        account: str,
+        max_retries: int,
+        dead_letter_url: str | None = None,
     ) -> None:
         super().__init__(f"tap-{function.logical_id}", idle_wait=0.0)
         self._sqs, self._queue_url, self._function = sqs, queue_url, function
         self._account, self._max_retries = account, max_retries
+        self._dead_letter_url = dead_letter_url
 
     def poll_once(self) -> bool:
         response = self._sqs.receive_message(
@@ -60,25 +80,34 @@ class RuleTapDrainer(Worker):
         )
         messages = response.get("Messages", [])
         for message in messages:
-            event = json.loads(message["Body"])
-            event.setdefault("account", self._account)  # moto's envelope lacks it
             receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
             try:
+                event = json.loads(message["Body"])
+                event.setdefault("account", self._account)  # moto's envelope lacks it
                 self._function.invoke(event)
+            except json.JSONDecodeError:
+                log.error("tap message is not JSON; dead-lettered")
+                self._dead_letter(message["Body"])
             except Exception:
                 if receives <= self._max_retries:
                     log.exception("%s failed; EventBridge would retry", self._function.name)
                     continue
-                log.exception("%s failed %d times; event dropped", self._function.name, receives)
+                log.exception("%s failed %d times; dead-lettered", self._function.name, receives)
+                self._dead_letter(message["Body"])
             self._sqs.delete_message(
                 QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
             )
         return bool(messages)
 
+    def _dead_letter(self, body: str) -> None:
+        if self._dead_letter_url:
+            self._sqs.send_message(QueueUrl=self._dead_letter_url, MessageBody=body)
+
 
 class StreamPoller(Worker):
     """Reads a DynamoDB stream and invokes the function with batches, like an event source
-    mapping with `ReportBatchItemFailures`: a batch resumes from its first failed record."""
+    mapping with `ReportBatchItemFailures`: a batch resumes from its first failed record,
+    and after `max_retries` the rest of the batch goes to `on_failure` and is skipped."""
 
     def __init__(
         self,
@@ -89,15 +118,20 @@ class StreamPoller(Worker):
         region: str,
         batch_size: int,
         max_retries: int,
-        on_failure: Any = None,
+        on_failure: DeadLetter | None = None,
         poll_interval: float = 0.05,
+        max_poll_interval: float = 0.5,
     ) -> None:
-        super().__init__(f"stream-{function.logical_id}", idle_wait=poll_interval)
+        super().__init__(
+            f"stream-{function.logical_id}",
+            idle_wait=poll_interval,
+            max_idle_wait=max_poll_interval,
+        )
         self._streams, self._arn, self._function = streams, stream_arn, function
         self._region, self._batch_size, self._max_retries = region, batch_size, max_retries
         self._on_failure = on_failure
         self._iterators: dict[str, str] = {}
-        self._attempts = 0
+        self._attempts: dict[str, int] = {}
 
     def poll_once(self) -> bool:
         if not self._iterators:
@@ -106,12 +140,18 @@ class StreamPoller(Worker):
         for shard_id, iterator in list(self._iterators.items()):
             response = self._streams.get_records(ShardIterator=iterator, Limit=self._batch_size)
             records = response.get("Records", [])
-            if records:
-                busy = True
-                self._deliver(shard_id, records)
-                if shard_id in self._iterators and self._iterators[shard_id] != iterator:
-                    continue
-            self._iterators[shard_id] = response["NextShardIterator"]
+            resume_at = self._deliver(shard_id, records) if records else None
+            busy = busy or bool(records)
+            if resume_at is None:
+                self._iterators[shard_id] = response["NextShardIterator"]
+            else:  # resume at the first failed record on the next poll, as Lambda does
+                self._iterators[shard_id] = self._streams.get_shard_iterator(
+                    StreamArn=self._arn,
+                    ShardId=shard_id,
+                    ShardIteratorType="AT_SEQUENCE_NUMBER",
+                    SequenceNumber=resume_at,
+                )["ShardIterator"]
+                self.stopping.wait(min(0.1 * 2 ** self._attempts[shard_id], 2.0))
         return busy
 
     def _open_shards(self) -> None:
@@ -121,7 +161,8 @@ class StreamPoller(Worker):
                 StreamArn=self._arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
             )["ShardIterator"]
 
-    def _deliver(self, shard_id: str, records: list[dict[str, Any]]) -> None:
+    def _deliver(self, shard_id: str, records: list[dict[str, Any]]) -> str | None:
+        """Invoke the function; the sequence number to resume at, or `None` to move on."""
         event = {
             "Records": [
                 {**record, "eventSourceARN": self._arn, "awsRegion": self._region}
@@ -135,24 +176,18 @@ class StreamPoller(Worker):
             log.exception("%s failed on a whole batch", self._function.name)
             failures = [records[0]["dynamodb"]["SequenceNumber"]]
         if not failures:
-            self._attempts = 0
-            return
-        self._attempts += 1
+            self._attempts[shard_id] = 0
+            return None
         first = min(failures, key=int)
-        if self._attempts > self._max_retries:
-            log.error("%s gave up on record %s", self._function.name, first)
-            if self._on_failure:
-                self._on_failure(
-                    shard_id,
-                    [r for r in records if int(r["dynamodb"]["SequenceNumber"]) >= int(first)],
-                )
-            self._attempts = 0
-            return
-        # Resume at the first failed record on the next poll, as Lambda does.
-        self._iterators[shard_id] = self._streams.get_shard_iterator(
-            StreamArn=self._arn,
-            ShardId=shard_id,
-            ShardIteratorType="AT_SEQUENCE_NUMBER",
-            SequenceNumber=first,
-        )["ShardIterator"]
-        self.stopping.wait(min(0.1 * 2**self._attempts, 2.0))
+        self._attempts[shard_id] = self._attempts.get(shard_id, 0) + 1
+        if self._attempts[shard_id] <= self._max_retries:
+            return str(first)
+        log.error("%s gave up at record %s", self._function.name, first)
+        self._attempts[shard_id] = 0
+        if self._on_failure:
+            failed = [r for r in records if int(r["dynamodb"]["SequenceNumber"]) >= int(first)]
+            try:
+                self._on_failure(shard_id, failed)
+            except Exception:
+                log.exception("sending the failed batch to its destination failed")
+        return None

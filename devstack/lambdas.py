@@ -21,6 +21,10 @@ Handler = Callable[[dict[str, Any], Any], Any]
 # Set per function at import time (Powertools reads it then); never shared.
 PER_FUNCTION_VARIABLES = frozenset({"POWERTOOLS_SERVICE_NAME"})
 
+# Powertools keeps some state (metrics) at class level, shared by every handler in this
+# process; Lambda runs one invocation per process, so the local stack runs one at a time.
+_INVOKE_LOCK = threading.Lock()
+
 
 @dataclass
 class LambdaContext:
@@ -53,12 +57,11 @@ class LocalFunction:
     arn: str
     timeout: float
     handler: Handler
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def invoke(self, event: dict[str, Any]) -> Any:
-        """Call the handler with a fresh context, one call at a time (as one Lambda instance)."""
+        """Call the handler with a fresh context, one call at a time in this process."""
         context = LambdaContext(self.name, self.arn, timeout_seconds=self.timeout)
-        with self._lock:
+        with _INVOKE_LOCK:
             return self.handler(event, context)
 
 

@@ -117,6 +117,7 @@ class LocalStack:
                     self.functions[tap.function_id],
                     ACCOUNT_ID,
                     tap.max_retries,
+                    self.resources.get(tap.dead_letter_id) if tap.dead_letter_id else None,
                 )
             )
         dynamodb, streams = self.client("dynamodb"), self.client("dynamodbstreams")

@@ -44,6 +44,7 @@ class RuleTap:
     queue_id: str
     function_id: str
     max_retries: int
+    dead_letter_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,11 @@ def _replace_lambda_targets(resources: dict[str, Any]) -> list[RuleTap]:
                 "Properties": {"VisibilityTimeout": 5},
             }
             retries = target.get("RetryPolicy", {}).get("MaximumRetryAttempts", 2)
+            dead_letter = target.get("DeadLetterConfig", {}).get("Arn")
+            dead_letter_id = dead_letter["Fn::GetAtt"][0] if isinstance(dead_letter, dict) else None
             target.clear()
             target.update({"Id": f"tap{index}", "Arn": {"Fn::GetAtt": [queue_id, "Arn"]}})
-            taps.append(RuleTap(rule_id, queue_id, function_id, int(retries)))
+            taps.append(RuleTap(rule_id, queue_id, function_id, int(retries), dead_letter_id))
     return taps
 
 

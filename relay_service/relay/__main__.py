@@ -51,7 +51,7 @@ class RelayServer(uvicorn.Server):
 
 def build_bus(settings: RelaySettings) -> SqsEventBus:
     return SqsEventBus(
-        sqs=aws.client("sqs"),
+        sqs=aws.client("sqs", read_timeout=settings.relay_poll_wait_seconds + 10),
         sns=aws.client("sns"),
         topic_arn=settings.topic_arn,
         queue_name=f"{settings.relay_queue_prefix}-{settings.relay_task_id}",

@@ -8,15 +8,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from cmlfleet.events.catalog import Connected, Heartbeat, SseShutdown
 from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.timeutil import utc_now
 from relay.frames import bus_event_frame, relay_event_frame
 from relay.hub import Hub, Subscription, SubscriptionClosedError
+from relay.response import EventStreamResponse
 from relay.settings import RelaySettings
+from relay.sse import FrameError
+
+logger = Logger(child=True)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -25,6 +30,7 @@ class EventBus(Protocol):
     def open(self) -> None: ...
     def start(self, sink: Any) -> None: ...
     def close(self) -> None: ...
+    def seconds_since_receive(self) -> float | None: ...
 
 
 class Relay:
@@ -56,7 +62,15 @@ class Relay:
 
     def publish(self, events: list[CloudEvent]) -> None:
         for event in events:
-            self.hub.publish(bus_event_frame(event))
+            try:
+                frame = bus_event_frame(event)
+            except FrameError:
+                # The envelope validates ids, so this is a bug upstream; one bad event
+                # must not take the rest of its batch down with it.
+                logger.exception("event cannot be framed; skipped", event_id=repr(event.id))
+                self.hub.stats["events_unframeable"] += 1
+                continue
+            self.hub.publish(frame)
 
     def _from_bus_thread(self, events: list[CloudEvent]) -> None:
         assert self._loop is not None
@@ -94,21 +108,29 @@ def create_app(settings: RelaySettings, bus: EventBus) -> FastAPI:
                 {"error": "relay is shutting down"}, status_code=503, headers={"Retry-After": "1"}
             )
         subscription = relay.hub.subscribe()
-        return StreamingResponse(
+        return EventStreamResponse(
             _frames(relay, subscription),
-            media_type="text/event-stream",
             headers=STREAM_HEADERS,
+            send_timeout=settings.relay_send_timeout_seconds,
+            on_send_timeout=lambda: relay.hub.stats.update(["cutoffs_send_timeout"]),
         )
 
     @app.get("/api/events/health")
-    async def health() -> dict[str, Any]:
-        """Whether this relay accepts clients, and what it has done so far."""
+    async def health() -> JSONResponse:
+        """200 while this relay accepts clients and hears from its queue, else 503."""
         hub = relay.hub
-        return {
-            "status": "ok" if hub.accepting else "draining",
+        quiet = relay.bus.seconds_since_receive()
+        # A poll returns at least every RELAY_POLL_WAIT_SECONDS; several missed means
+        # the bus is broken (queue deleted, no permission) and this task should go.
+        bus_ok = quiet is not None and quiet <= 3 * settings.relay_poll_wait_seconds + 15
+        status = "draining" if not hub.accepting else ("ok" if bus_ok else "bus_unavailable")
+        body = {
+            "status": status,
             "clients": hub.client_count,
+            "seconds_since_bus_receive": None if quiet is None else round(quiet, 3),
             "stats": dict(hub.stats),
         }
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     return app
 

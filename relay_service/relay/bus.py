@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ class SqsEventBus:
         self._thread: threading.Thread | None = None
         self.queue_url: str | None = None
         self.subscription_arn: str | None = None
+        self._last_receive: float | None = None
 
     def open(self) -> None:
         """Create the queue, allow the topic to send to it, and subscribe with raw delivery."""
@@ -71,6 +73,7 @@ class SqsEventBus:
             Attributes={"RawMessageDelivery": "true"},
             ReturnSubscriptionArn=True,
         )["SubscriptionArn"]
+        self._last_receive = time.monotonic()
         logger.info("relay queue ready", queue_url=self.queue_url)
 
     def start(self, sink: EventSink) -> None:
@@ -95,6 +98,11 @@ class SqsEventBus:
         else:
             logger.info("relay queue deleted", queue_url=self.queue_url)
 
+    def seconds_since_receive(self) -> float | None:
+        """Seconds since the queue last answered (set up, or a poll, empty or not)."""
+        last = self._last_receive
+        return None if last is None else time.monotonic() - last
+
     def _drain(self, sink: EventSink) -> None:
         while not self._stop.is_set():
             try:
@@ -107,6 +115,7 @@ class SqsEventBus:
         response = self._sqs.receive_message(
             QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self._poll_wait
         )
+        self._last_receive = time.monotonic()
         messages = response.get("Messages", [])
         if not messages:
             return

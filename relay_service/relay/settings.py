@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cmlfleet.settings import ConfigurationError, describe_validation_error
@@ -28,8 +28,15 @@ class RelaySettings(BaseSettings):
     relay_client_buffer: int = Field(default=1000, ge=1, le=1_000_000)
     relay_shutdown_min_ms: int = Field(default=500, ge=0)
     relay_shutdown_max_ms: int = Field(default=5000, ge=0)
+    relay_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _shutdown_range_is_a_range(self) -> RelaySettings:
+        if self.relay_shutdown_min_ms > self.relay_shutdown_max_ms:
+            raise ValueError("RELAY_SHUTDOWN_MIN_MS must not exceed RELAY_SHUTDOWN_MAX_MS")
+        return self
 
 
 def load_relay_settings() -> RelaySettings:

@@ -77,27 +77,31 @@ def test_an_ec2_state_change_reaches_the_browser_stream_as_a_status_update(
 def test_a_terminated_instance_yields_a_status_update_and_a_termination_in_order(
     stack: LocalStack, relay: RelayProcess
 ) -> None:
-    instance = launch_instance(stack.client("ec2"), "e2e-doomed", "dave")
-    worker = register_instance(instance, "e2e-doomed", "dave", stack.region)
     events = stack.client("events")
-    mine: list[tuple[str, str | None]] = []
-
-    def is_mine(event: SseEvent) -> bool:
-        return event.event.startswith("worker.") and event.json()["worker_id"] == worker.worker_id
-
+    mine: list[tuple[str, str | None, int]] = []
     with SseStream(f"{relay.url}/api/events/stream") as stream:
         stream.next()
+        instance = launch_instance(stack.client("ec2"), "e2e-doomed", "dave")
+        worker = register_instance(instance, "e2e-doomed", "dave", stack.region)
+
+        def is_mine(event: SseEvent) -> bool:
+            return (
+                event.event.startswith("worker.") and event.json()["worker_id"] == worker.worker_id
+            )
+
         for state in ("shutting-down", "terminated"):
             put_state_change(
                 events, worker.instance_id, state, region=stack.region, account=ACCOUNT_ID
             )
-        for _ in range(3):
+        for _ in range(4):
             event = stream.wait_for(is_mine, timeout=30)
-            mine.append((event.event, event.json()["data"].get("new_status")))
+            wire = event.json()
+            mine.append((event.event, wire["data"].get("new_status"), wire["version"]))
     assert mine == [
-        ("worker.status.updated", "terminating"),
-        ("worker.status.updated", "terminated"),
-        ("worker.terminated", None),
+        ("worker.created", None, 1),
+        ("worker.status.updated", "terminating", 2),
+        ("worker.status.updated", "terminated", 3),
+        ("worker.terminated", None, 3),
     ]
     stored = bootstrap.worker_repository().get(worker.worker_id)
     assert stored is not None

@@ -15,13 +15,14 @@ from tests.integration.conftest import MotoEndpoint, RelayFactory
 from tests.sse_client import SseStream
 
 
-def status_event(worker_id: str = "w-1", version: int = 2) -> CloudEvent:
+def status_event(worker_id: str = "w-1", version: int = 2, reason: str | None = None) -> CloudEvent:
     payload = WorkerStatusUpdated(
         worker_id=worker_id,
         old_status="running",
         new_status="stopping",
         ec2_state="stopping",
         transition_started_at=None,
+        reason=reason,
     )
     return make_event(payload, worker_id=worker_id, version=version, owner="alice")
 
@@ -156,3 +157,27 @@ def test_a_relay_with_bad_settings_says_what_is_wrong_and_exits_2() -> None:
     assert "TOPIC_ARN" in result.stderr
     assert "HEARTBEAT_SECONDS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_shutdown_jitter_settings_must_form_a_range() -> None:
+    result = run_relay_with(
+        {
+            "TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:t",
+            "RELAY_SHUTDOWN_MIN_MS": "6000",
+            "RELAY_SHUTDOWN_MAX_MS": "5000",
+        }
+    )
+    assert result.returncode == 2
+    assert "RELAY_SHUTDOWN_MIN_MS must not exceed RELAY_SHUTDOWN_MAX_MS" in result.stderr
+
+
+def run_relay_with(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": PYTHONPATH, **settings}
+    return subprocess.run(
+        [sys.executable, "-m", "relay"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

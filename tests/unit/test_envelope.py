@@ -295,3 +295,17 @@ def test_the_json_carries_the_workerversion_and_owner_extensions() -> None:
     assert document["owner"] == "bob"
     assert document["subject"] == "w-1"
     assert document["specversion"] == "1.0"
+
+
+@pytest.mark.parametrize("bad_id", ["a\nb", "a\rb", "a b", "a\x00b", "é"])
+def test_an_event_id_that_could_not_be_an_sse_id_line_is_rejected(bad_id: str) -> None:
+    good = json.loads(
+        make_event(
+            WorkerTerminated(worker_id="w-1", terminated_at=datetime.now(UTC), terminated_by="x"),
+            worker_id="w-1",
+            version=2,
+            owner="alice",
+        ).to_json()
+    )
+    with pytest.raises(EnvelopeError, match="id"):
+        CloudEvent.from_json(json.dumps({**good, "id": bad_id}))

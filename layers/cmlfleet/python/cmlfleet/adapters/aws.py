@@ -20,9 +20,13 @@ _CONFIG = Config(
 
 
 @cache
-def client(service: str) -> Any:
-    """A shared boto3 client for `service` with short timeouts and standard retries."""
-    return boto3.session.Session().client(service, config=_CONFIG)
+def client(service: str, read_timeout: float | None = None) -> Any:
+    """A shared boto3 client for `service` with short timeouts and standard retries.
+
+    A long poll (SQS `WaitTimeSeconds`) needs a `read_timeout` longer than its wait.
+    """
+    config = _CONFIG if read_timeout is None else _CONFIG.merge(Config(read_timeout=read_timeout))
+    return boto3.session.Session().client(service, config=config)
 
 
 def reset_clients() -> None:

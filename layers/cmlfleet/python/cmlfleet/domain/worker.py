@@ -90,7 +90,8 @@ def register_worker(
         status=status,
         ec2_state=ec2_state,
         # What EC2 reported at registration is as of now: older reports must not undo it.
-        ec2_state_at=now if ec2_state else None,
+        # EventBridge times have one-second resolution, so this is kept at that resolution.
+        ec2_state_at=_to_second(now) if ec2_state else None,
         instance_id=instance_id,
         instance_type=instance_type,
         ami_id=ami_id,
@@ -151,13 +152,17 @@ def apply_ec2_state(
 
 
 def _is_newer_report(worker: Worker, ec2_state: str, observed_at: datetime) -> bool:
-    last = worker.ec2_state_at
-    if last is None:
+    if worker.ec2_state_at is None:
         return True
-    if observed_at != last:
-        return observed_at > last
+    last, observed = _to_second(worker.ec2_state_at), _to_second(observed_at)
+    if observed != last:
+        return observed > last
     try:
         current, candidate = Ec2State(worker.ec2_state or ""), Ec2State(ec2_state)
     except ValueError:
         return False
     return candidate in EC2_SUCCESSORS[current]
+
+
+def _to_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)

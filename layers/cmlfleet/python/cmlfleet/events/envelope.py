@@ -24,7 +24,8 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     specversion: Literal["1.0"] = "1.0"
-    id: str = Field(min_length=1, max_length=128)
+    # Printable ASCII without spaces: the id becomes the SSE `id:` line and the replay cursor.
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
     source: str = Field(min_length=1, max_length=256)
     type: str
     time: UtcDateTime
