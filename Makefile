@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 	layers/dependencies/requirements.txt relay_service/requirements.txt
-export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)
+export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help venv lint typecheck test test-fast run event bench clean lock

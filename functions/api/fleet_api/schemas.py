@@ -1,0 +1,40 @@
+"""Request and response bodies (separate from the domain models)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cmlfleet.events.catalog import WorkerView
+
+TEXT = r"^[^\x00-\x1f\x7f]+$"  # no control characters
+
+
+class WorkerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=TEXT)
+    owner: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT)
+    instance_type: str | None = Field(default=None, pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+
+
+class WorkerImport(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    instance_id: str = Field(pattern=r"^i-[0-9a-f]{8,17}$")
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=TEXT)
+    owner: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT)
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerView]
+
+
+class StreamTicket(BaseModel):
+    ticket: str
+    expires_at: int
+    stream_url: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str

@@ -1,0 +1,213 @@
+"""Operator commands and queries on workers, with access control.
+
+Every change goes through the domain functions and is saved with its events in one
+transaction, as EC2's own reports are. The EC2 call comes first: if AWS refuses, nothing
+is saved and the worker stays as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from cmlfleet.access import Action, may, may_see, visible_view
+from cmlfleet.adapters.ec2 import WORKER_ID_TAG, CloudError, Ec2Fleet, LaunchSpec
+from cmlfleet.adapters.repository import ConcurrentModificationError, WorkerRepository
+from cmlfleet.domain.lifecycle import (
+    IllegalTransitionError,
+    request_start,
+    request_stop,
+    request_termination,
+)
+from cmlfleet.domain.status import WorkerStatus
+from cmlfleet.domain.worker import Change, Worker, register_worker
+from cmlfleet.events.catalog import WorkerView
+from cmlfleet.events.envelope import make_event
+from cmlfleet.identity import Principal
+from cmlfleet.ids import new_worker_id
+from cmlfleet.timeutil import utc_now
+
+MAX_SAVE_ATTEMPTS = 4
+
+
+class WorkerNotFoundError(Exception):
+    """No such worker, or one the caller may not see (they are told the same)."""
+
+
+class ForbiddenError(Exception):
+    """The caller sees the worker but their role does not allow the action."""
+
+
+class AlreadyRegisteredError(Exception):
+    """The instance is already a worker."""
+
+
+class NotImportableError(Exception):
+    """The instance cannot become a worker (it is terminated or on its way there)."""
+
+
+@dataclass(frozen=True)
+class LaunchDefaults:
+    ami_id: str
+    instance_type: str
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    key_name: str | None = None
+
+
+class WorkerCommands:
+    def __init__(
+        self,
+        repository: WorkerRepository,
+        fleet: Ec2Fleet,
+        launch: LaunchDefaults,
+        *,
+        region: str | None,
+        source: str,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._repository, self._fleet, self._launch = repository, fleet, launch
+        self._region, self._source, self._clock = region, source, clock
+
+    # ---- queries -------------------------------------------------------------------------
+    def list(
+        self, principal: Principal, *, status: WorkerStatus | None = None, owner: str | None = None
+    ) -> list[WorkerView]:
+        workers = [
+            w
+            for w in self._repository.list_workers()
+            if may_see(principal, w.owner)
+            and (status is None or w.status == status)
+            and (owner is None or w.owner == owner)
+        ]
+        workers.sort(key=lambda w: (w.name.lower(), w.worker_id))
+        return [visible_view(principal, w.view()) for w in workers]
+
+    def get(self, principal: Principal, worker_id: str) -> WorkerView:
+        return visible_view(principal, self._visible(principal, worker_id).view())
+
+    # ---- commands ------------------------------------------------------------------------
+    def create(
+        self, principal: Principal, *, name: str, owner: str | None, instance_type: str | None
+    ) -> WorkerView:
+        self._authorize(principal, Action.CREATE)
+        worker_id, owner = new_worker_id(), owner or principal.username
+        instance = self._fleet.launch(
+            LaunchSpec(
+                worker_id=worker_id,
+                name=name,
+                owner=owner,
+                ami_id=self._launch.ami_id,
+                instance_type=instance_type or self._launch.instance_type,
+                subnet_id=self._launch.subnet_id,
+                security_group_ids=self._launch.security_group_ids,
+                key_name=self._launch.key_name,
+            )
+        )
+        change = register_worker(
+            worker_id=worker_id,
+            name=name,
+            owner=owner,
+            now=self._clock(),
+            instance_id=instance.instance_id,
+            instance_type=instance.instance_type,
+            ami_id=instance.ami_id,
+            region=self._region,
+            tags=instance.tags,
+        )
+        self._save(change, expected_version=0)
+        return change.worker.view()
+
+    def import_instance(
+        self, principal: Principal, *, instance_id: str, name: str | None, owner: str | None
+    ) -> WorkerView:
+        self._authorize(principal, Action.IMPORT)
+        if self._repository.find_by_instance_id(instance_id) is not None:
+            raise AlreadyRegisteredError(f"instance {instance_id} is already a worker")
+        instance = self._fleet.describe(instance_id)
+        if instance.state in ("shutting-down", "terminated"):
+            raise NotImportableError(f"instance {instance_id} is {instance.state}")
+        worker_id = new_worker_id()
+        change = register_worker(
+            worker_id=worker_id,
+            name=name or instance.tags.get("Name") or instance_id,
+            owner=owner or principal.username,
+            now=self._clock(),
+            instance_id=instance_id,
+            instance_type=instance.instance_type,
+            ami_id=instance.ami_id,
+            region=self._region,
+            ec2_state=instance.state,
+            tags=instance.tags,
+        )
+        self._fleet.tag(instance_id, {WORKER_ID_TAG: worker_id})
+        self._save(change, expected_version=0)
+        return change.worker.view()
+
+    def start(self, principal: Principal, worker_id: str) -> WorkerView:
+        return self._command(principal, worker_id, Action.START, request_start, self._fleet.start)
+
+    def stop(self, principal: Principal, worker_id: str) -> WorkerView:
+        return self._command(principal, worker_id, Action.STOP, request_stop, self._fleet.stop)
+
+    def terminate(self, principal: Principal, worker_id: str) -> WorkerView:
+        return self._command(
+            principal, worker_id, Action.TERMINATE, request_termination, self._fleet.terminate
+        )
+
+    # ---- internals -----------------------------------------------------------------------
+    def _command(
+        self,
+        principal: Principal,
+        worker_id: str,
+        action: Action,
+        decide: Callable[..., Change],
+        perform: Callable[[str], None],
+    ) -> WorkerView:
+        worker = self._visible(principal, worker_id)
+        self._authorize(principal, action)
+        decide(worker, by=principal.username, now=self._clock())  # refuse before calling AWS
+        assert worker.instance_id is not None
+        try:
+            perform(worker.instance_id)
+        except CloudError as error:
+            if error.conflicts_with_state:
+                raise IllegalTransitionError(worker, action.value) from error
+            raise
+        for _ in range(MAX_SAVE_ATTEMPTS):
+            try:
+                change = decide(worker, by=principal.username, now=self._clock())
+            except IllegalTransitionError:
+                return worker.view()  # EC2's own report got there first; nothing to add
+            try:
+                self._save(change, expected_version=worker.version)
+            except ConcurrentModificationError:
+                worker = self._visible(principal, worker_id)
+                continue
+            return change.worker.view()
+        raise ConcurrentModificationError(f"worker {worker_id}: too many concurrent writers")
+
+    def _visible(self, principal: Principal, worker_id: str) -> Worker:
+        worker = self._repository.get(worker_id)
+        if worker is None or not may_see(principal, worker.owner):
+            raise WorkerNotFoundError(worker_id)
+        return worker
+
+    def _authorize(self, principal: Principal, action: Action) -> None:
+        if not may(principal, action):
+            raise ForbiddenError(f"role {principal.role} may not {action.value.replace('_', ' ')}")
+
+    def _save(self, change: Change, *, expected_version: int) -> None:
+        worker = change.worker
+        events = [
+            make_event(
+                payload,
+                worker_id=worker.worker_id,
+                version=worker.version,
+                owner=worker.owner,
+                source=self._source,
+            )
+            for payload in change.events
+        ]
+        self._repository.save(worker, events, expected_version=expected_version)

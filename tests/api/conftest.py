@@ -1,0 +1,108 @@
+"""The API in-process (TestClient) on moto, with tokens from the development issuer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import pytest
+from fastapi.testclient import TestClient
+
+from cmlfleet.adapters.ec2 import BotoEc2Fleet
+from cmlfleet.adapters.repository import DynamoDbWorkerRepository
+from cmlfleet.adapters.tickets import DynamoDbTicketStore
+from cmlfleet.domain.status import WorkerStatus
+from cmlfleet.identity import StaticSigningKeys, TokenVerifier
+from cmlfleet.services.commands import LaunchDefaults, WorkerCommands
+from devstack.issuer import DevelopmentIssuer
+from fleet_api.deps import Container, get_container
+from fleet_api.main import create_app
+from tests.conftest import FleetAws
+
+ISSUER = "https://issuer.test/pool"
+AMI = "ami-0c0ffee0c0ffee000"
+
+
+@dataclass
+class Api:
+    """The API under test, its AWS, and ready-made callers of each role."""
+
+    client: TestClient
+    aws: FleetAws
+    issuer: DevelopmentIssuer
+    container: Container
+    ec2: Any
+
+    def headers(self, username: str, role: str | None, **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issuer.token(username, role, **claims)}"}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return self.headers("ada", "admin")
+
+    @property
+    def manager(self) -> dict[str, str]:
+        return self.headers("max", "manager")
+
+    def user(self, name: str = "alice") -> dict[str, str]:
+        return self.headers(name, "user")
+
+    def launch_instance(self, state: str = "running") -> str:
+        """An EC2 instance that is not (yet) a worker."""
+        instance_id: str = self.ec2.run_instances(
+            ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="c5.large"
+        )["Instances"][0]["InstanceId"]
+        if state == "stopped":
+            self.ec2.stop_instances(InstanceIds=[instance_id])
+        elif state == "terminated":
+            self.ec2.terminate_instances(InstanceIds=[instance_id])
+        return instance_id
+
+    def create_worker(self, name: str = "lab", owner: str = "alice") -> dict[str, Any]:
+        response = self.client.post(
+            "/api/workers", json={"name": name, "owner": owner}, headers=self.admin
+        )
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def set_status(self, worker_id: str, status: str) -> None:
+        """Put a stored worker in a status, as EC2's reports would."""
+        repository = self.container.commands._repository
+        worker = repository.get(worker_id)
+        assert worker is not None
+        changed = worker.model_copy(
+            update={"status": WorkerStatus(status), "version": worker.version + 1}
+        )
+        repository.save(changed, [], expected_version=worker.version)
+
+
+@pytest.fixture
+def api(fleet_aws: FleetAws) -> Iterator[Api]:
+    issuer = DevelopmentIssuer(ISSUER, audience="cmlfleet-tests")
+    ec2 = boto3.client("ec2")
+    repository = DynamoDbWorkerRepository(
+        fleet_aws.table_name, fleet_aws.dynamodb, timedelta(days=7)
+    )
+    container = Container(
+        commands=WorkerCommands(
+            repository,
+            BotoEc2Fleet(ec2),
+            LaunchDefaults(ami_id=AMI, instance_type="c5.2xlarge"),
+            region="us-east-1",
+            source="urn:cmlfleet:test",
+        ),
+        verifier=TokenVerifier(
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            keys=StaticSigningKeys(issuer.jwks()),
+        ),
+        tickets=DynamoDbTicketStore(fleet_aws.table_name, fleet_aws.dynamodb, ttl_seconds=60),
+    )
+    app = create_app()
+    app.dependency_overrides[get_container] = lambda: container
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client, fleet_aws, issuer, container, ec2)
