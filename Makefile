@@ -8,11 +8,12 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast run event bench clean lock
+.PHONY: help venv lint typecheck test test-fast run event token bench clean lock
 
 help:
 	@echo "make run    start the local stack (moto, simulated fleet, relay) and print where to connect"
 	@echo "make event  put an EC2 state-change event for a demo worker on the local bus"
+	@echo "make token  print a bearer token of the local issuer (AS=ada|max|alice|bob)"
 	@echo "make test   ruff, mypy and the whole pytest suite"
 	@echo "make bench  benchmarks (results go in BENCHMARKS.md)"
 	@echo "make clean  remove the virtualenv and caches"
@@ -39,7 +40,10 @@ test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not e2e"
 
 run: $(STAMP)
-	$(PY) -m devstack run
+	$(PY) -m devstack run $(if $(PORT),--port $(PORT))
+
+token: $(STAMP)
+	@$(PY) -m devstack token $(if $(AS),--user $(AS)) $(if $(ROLE),--role $(ROLE))
 
 event: $(STAMP)
 	$(PY) -m devstack ec2-event $(ARGS)

@@ -27,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--demo-workers", type=int, default=3, choices=range(4))
     run.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
     run.add_argument("--verbose", action="store_true", help="show the functions' logs")
+    run.add_argument(
+        "--ec2-delay-scale",
+        type=float,
+        default=1.0,
+        help="multiply the simulated EC2 transition times (boot 6 s, stop 5 s, terminate 4 s)",
+    )
+    token = commands.add_parser("token", help="print a bearer token of the local issuer")
+    token.add_argument("--user", default="ada", help="username (demo: ada, max, alice, bob)")
+    token.add_argument("--role", choices=("admin", "manager", "user"), help="default: by user")
     event = commands.add_parser("ec2-event", help="put an EC2 state-change event on the bus")
     event.add_argument("--worker", help="worker id, name or instance id (default: first demo)")
     event.add_argument(
@@ -38,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_stack(args)
+        if args.command == "token":
+            return print_token(args)
         return emit_event(args)
     except DevstackError as error:
         print(f"devstack: {error}", file=sys.stderr)
         return 2
+
+
+DEMO_USERS = {"ada": "admin", "max": "manager", "alice": "user", "bob": "user"}
 
 
 class DevstackError(Exception):
@@ -49,48 +63,71 @@ class DevstackError(Exception):
 
 
 def run_stack(args: argparse.Namespace) -> int:
+    from devstack.ec2sim import Delays
     from devstack.fleet import seed_demo_fleet
-    from devstack.relayproc import RelayProcess
-    from devstack.stack import ACCOUNT_ID, LocalStack, free_port
+    from devstack.fleetstack import FleetStack
+    from devstack.stack import ACCOUNT_ID
 
     _check_port_free(args.host, args.port)
     stop = _stop_on_signal()  # before anything starts: a Ctrl-C at any point stops cleanly
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     quiet = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
-    print("starting the local stack (moto, template.yaml, handlers)...", flush=True)
-    stack = LocalStack(moto_port=free_port(), overrides={} if args.verbose else quiet).start()
-    relay = None
+    print("starting the local stack (moto, template.yaml, handlers, relay)...", flush=True)
+    workers: list[Any] = []
+
+    def seed(stack: Any) -> None:
+        workers.extend(seed_demo_fleet(stack.client("ec2"), stack.region, args.demo_workers))
+
+    fleet = FleetStack(
+        host=args.host,
+        port=args.port,
+        heartbeat_seconds=args.heartbeat,
+        ec2_delays=Delays().scaled(args.ec2_delay_scale),
+        overrides={} if args.verbose else quiet,
+    )
     try:
-        if stop.is_set():
-            return 0
-        workers = seed_demo_fleet(stack.client("ec2"), stack.region, args.demo_workers)
-        relay_env = stack.environment() | {
-            "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
-            "RELAY_DLQ_ARN": stack.outputs["RelayDeadLetterQueueArn"],
-            "RELAY_POLL_WAIT_SECONDS": "2",
-            "HEARTBEAT_SECONDS": str(args.heartbeat),
-        }
-        relay = RelayProcess(relay_env, port=args.port, host=args.host).start()
+        fleet.start(before_simulation=seed)
+        assert fleet.stack is not None
+        assert fleet.issuer is not None
+        tokens = {user: fleet.issuer.token(user, role) for user, role in DEMO_USERS.items()}
         state = {
-            "moto_endpoint": stack.endpoint,
-            "region": stack.region,
+            "moto_endpoint": fleet.stack.endpoint,
+            "region": fleet.stack.region,
             "account": ACCOUNT_ID,
-            "relay_url": relay.url,
-            "outputs": stack.outputs,
+            "url": fleet.url,
+            "outputs": fleet.stack.outputs,
             "workers": [worker.__dict__ for worker in workers],
+            "tokens": tokens,
         }
-        STATE_FILE.parent.mkdir(exist_ok=True)
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
         STATE_FILE.write_text(json.dumps(state, indent=2))
-        _print_welcome(relay.url, workers)
+        STATE_FILE.chmod(0o600)
+        _print_welcome(fleet.url, workers, tokens)
         while not stop.wait(1.0):
             pass
         print("\nstopping...", flush=True)
     finally:
-        if relay is not None:
-            relay.stop()
-        stack.stop()
+        fleet.stop()
         STATE_FILE.unlink(missing_ok=True)
+    return 0
+
+
+def print_token(args: argparse.Namespace) -> int:
+    state = _read_state()
+    tokens: dict[str, str] = state.get("tokens", {})
+    if args.user in tokens and args.role is None:
+        print(tokens[args.user])
+        return 0
+    import httpx
+
+    role = args.role or DEMO_USERS.get(args.user, "user")
+    response = httpx.post(
+        f"{state['url']}/auth/dev/token", json={"username": args.user, "role": role}, timeout=10
+    )
+    if response.status_code != 200:
+        raise DevstackError(f"the development issuer said: {response.text}")
+    print(response.json()["id_token"])
     return 0
 
 
@@ -115,7 +152,6 @@ def emit_event(args: argparse.Namespace) -> int:
     new_state = args.state or NEXT_STATE.get(worker.get("ec2_state") or "running")
     if new_state is None:
         raise DevstackError(f"worker {worker['worker_id']} is terminated; pass --state to force")
-    _mirror_in_ec2(client("ec2"), worker["instance_id"], new_state)
     event_id = put_state_change(
         client("events"),
         worker["instance_id"],
@@ -152,16 +188,6 @@ def _find_worker(dynamodb: Any, state: dict[str, Any], wanted: str | None) -> di
     raise DevstackError(f"no worker {wanted!r}; known: {names}")
 
 
-def _mirror_in_ec2(ec2: Any, instance_id: str, state: str) -> None:
-    """Keep moto's instance in step with the reported state (moto changes state instantly)."""
-    if state in ("stopping", "stopped"):
-        ec2.stop_instances(InstanceIds=[instance_id])
-    elif state in ("pending", "running"):
-        ec2.start_instances(InstanceIds=[instance_id])
-    elif state in ("shutting-down", "terminated"):
-        ec2.terminate_instances(InstanceIds=[instance_id])
-
-
 def _read_state() -> dict[str, Any]:
     try:
         state: dict[str, Any] = json.loads(STATE_FILE.read_text())
@@ -182,17 +208,26 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def _print_welcome(url: str, workers: list[Any]) -> None:
+def _print_welcome(url: str, workers: list[Any], tokens: dict[str, str]) -> None:
     lines = [
         "",
         "CML Fleet local stack is up.",
+        f"  API docs:      {url}/api/docs",
         f"  event stream:  curl -N {url}/api/events/stream",
-        f"  relay health:  {url}/api/events/health",
-        "  put an event:  make event",
-        "                 make event ARGS='--worker cml-lab-b --state stopping'",
+        "  tokens:        make token AS=ada|max|alice|bob   (admin, manager, user, user)",
+        "",
+        "  export TOKEN=$(make -s token AS=ada)",
+        f'  curl -H "Authorization: Bearer $TOKEN" {url}/api/workers',
+        "  curl -X POST -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\",
+        f'       -d \'{{"name": "my-lab"}}\' {url}/api/workers',
+        "  make event    put a raw EC2 state-change event on the bus",
+        "                (ARGS='--worker NAME --state STATE' to choose)",
         "",
         "demo workers:",
         *(f"  {w.name:<14} {w.worker_id}  {w.instance_id}  owner={w.owner}" for w in workers),
+        "",
+        "demo users: "
+        + ", ".join(f"{user} ({role})" for user, role in DEMO_USERS.items() if user in tokens),
         "",
         "Ctrl-C stops everything.",
     ]

@@ -57,6 +57,7 @@ class LocalFunction:
     arn: str
     timeout: float
     handler: Handler
+    module: Any = None  # the imported handler module (the API's FastAPI app lives there)
 
     def invoke(self, event: dict[str, Any]) -> Any:
         """Call the handler with a fresh context, one call at a time in this process."""
@@ -86,6 +87,9 @@ def load_function(
     """Import the handler module from the function's code directory, with its environment."""
     module_name, _, attribute = source.handler.rpartition(".")
     path = source.code_dir / (module_name.replace(".", "/") + ".py")
+    # Lambda puts the function's own directory on sys.path (/var/task); so do we.
+    if str(source.code_dir) not in sys.path:
+        sys.path.append(str(source.code_dir))
     variables = {
         name: str(value)
         for name, value in configuration.get("Environment", {}).get("Variables", {}).items()
@@ -98,6 +102,7 @@ def load_function(
         arn=configuration["FunctionArn"],
         timeout=float(configuration.get("Timeout", 30)),
         handler=getattr(module, attribute),
+        module=module,
     )
 
 

@@ -37,6 +37,15 @@ LOCAL_ENVIRONMENT = {
 }
 
 
+# The template's required parameters, as the local stack fills them (the issuer's URL is
+# replaced by the runner with the local origin's).
+LOCAL_PARAMETERS = {
+    "CmlAmiId": "ami-0c0ffee0c0ffee000",
+    "OidcIssuer": "http://127.0.0.1:8080/auth",
+    "OidcAudience": "cmlfleet-local",
+}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -51,6 +60,7 @@ class LocalStack:
     moto_port: int = 0
     stream_poll_interval: float = 0.05
     overrides: dict[str, str] = field(default_factory=dict)  # win over the template's
+    parameters: dict[str, str] = field(default_factory=lambda: dict(LOCAL_PARAMETERS))
     template: LocalTemplate | None = None
     endpoint: str = ""
     resources: dict[str, str] = field(default_factory=dict)
@@ -89,12 +99,16 @@ class LocalStack:
 
     def deploy(self) -> None:
         """Create the template's stack in moto and fill the gaps it leaves."""
-        self.template = template = localize(bucket=CODE_BUCKET)
+        self.template = template = localize(bucket=CODE_BUCKET, parameters=self.parameters)
         self._upload_code(template.artifacts)
         cloudformation = self.client("cloudformation")
         cloudformation.create_stack(
             StackName=STACK_NAME,
             TemplateBody=json.dumps(template.cloudformation),
+            Parameters=[
+                {"ParameterKey": key, "ParameterValue": value}
+                for key, value in self.parameters.items()
+            ],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
         stack = _wait_for_stack(cloudformation)

@@ -107,10 +107,14 @@ def function_sources(sam: dict[str, Any]) -> dict[str, FunctionSource]:
     return sources
 
 
-def localize(path: Path = TEMPLATE_PATH, bucket: str = "cmlfleet-local-code") -> LocalTemplate:
+def localize(
+    path: Path = TEMPLATE_PATH,
+    bucket: str = "cmlfleet-local-code",
+    parameters: dict[str, str] | None = None,
+) -> LocalTemplate:
     """The template, transformed and rewritten for moto, with the gaps to fill."""
     sam = load_sam_template(path)
-    cfn, artifacts = transform_template(sam, bucket)
+    cfn, artifacts = transform_template(sam, bucket, parameters)
     resources = cfn["Resources"]
     taps = _replace_lambda_targets(resources)
     streams = _take_out_stream_mappings(resources)

@@ -73,7 +73,7 @@ def main() -> int:
         host=settings.relay_host,
         port=settings.relay_port,
         timeout_graceful_shutdown=int(settings.relay_shutdown_max_ms / 1000) + 5,
-        log_level="info",
+        log_level=settings.relay_log_level,
         access_log=False,
     )
     server = RelayServer(config, app.state.relay)

@@ -31,6 +31,7 @@ class RelaySettings(BaseSettings):
     relay_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
+    relay_log_level: str = Field(default="info", pattern=r"^(critical|error|warning|info|debug)$")
 
     @model_validator(mode="after")
     def _shutdown_range_is_a_range(self) -> RelaySettings:

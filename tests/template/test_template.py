@@ -27,6 +27,7 @@ from moto import mock_aws
 
 from cmlfleet.adapters.repository import INSTANCE_INDEX
 from cmlfleet.settings import FleetSettings
+from devstack.stack import LOCAL_PARAMETERS
 from devstack.template import (
     ROOT,
     LocalTemplate,
@@ -34,10 +35,17 @@ from devstack.template import (
     localize,
     transform_template,
 )
+from fleet_api.settings import ApiSettings
 
 BUCKET = "cmlfleet-template-tests"
 STACK_NAME = "cmlfleet-template-test"
-FUNCTIONS = ("InstanceStateFunction", "EventPublisherFunction")
+FUNCTIONS = ("InstanceStateFunction", "EventPublisherFunction", "ApiFunction")
+# The settings class each function loads at start (its environment must satisfy it).
+SETTINGS_OF: dict[str, type[FleetSettings]] = {
+    "InstanceStateFunction": FleetSettings,
+    "EventPublisherFunction": FleetSettings,
+    "ApiFunction": ApiSettings,
+}
 LAYERS = ("CodeLayer", "DependenciesLayer")
 EC2_PATTERN = {
     "source": ["aws.ec2"],
@@ -322,7 +330,7 @@ def test_every_variable_set_on_each_function_is_one_the_code_reads(
     resources: dict[str, Any], function_id: str
 ) -> None:
     variables = resources[function_id]["Properties"]["Environment"]["Variables"]
-    settings = {name.upper() for name in FleetSettings.model_fields}
+    settings = {name.upper() for name in SETTINGS_OF[function_id].model_fields}
     unknown = sorted(set(variables) - settings - POWERTOOLS_VARIABLES)
     assert not unknown, f"{function_id} sets variables nothing reads: {unknown}"
     assert variables.get("POWERTOOLS_SERVICE_NAME"), f"{function_id} names no service"
@@ -633,6 +641,9 @@ def deployed(localized: LocalTemplate) -> Iterator[dict[str, Any]]:
                 StackName=STACK_NAME,
                 TemplateBody=json.dumps(localized.cloudformation),
                 Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+                Parameters=[
+                    {"ParameterKey": k, "ParameterValue": v} for k, v in LOCAL_PARAMETERS.items()
+                ],
             )
             stack = _wait_for_stack(cloudformation)
             pages = cloudformation.get_paginator("list_stack_resources").paginate(
@@ -680,11 +691,12 @@ def test_each_function_in_moto_has_its_environment_resolved(
     assert variables["IDEMPOTENCY_TABLE_NAME"] == physical["IdempotencyTable"]
     assert variables["TOPIC_ARN"] == physical["DomainEventsTopic"]
     # What the function would load at start validates: names long enough, an SNS ARN.
-    settings = FleetSettings(
+    settings_class = SETTINGS_OF[function_id]
+    settings = settings_class(
         **{
             name.lower(): str(value)
             for name, value in variables.items()
-            if name.lower() in FleetSettings.model_fields
+            if name.lower() in settings_class.model_fields
         }
     )
     assert settings.table_name == physical["WorkersTable"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from cmlfleet.settings import ConfigurationError, FleetSettings, describe_validation_error
 
@@ -25,6 +25,12 @@ class ApiSettings(FleetSettings):
     roles_claim: str = "cognito:groups"
     stream_ticket_ttl_seconds: int = Field(default=60, ge=5, le=3600)
     aws_region: str | None = None
+
+    @field_validator("worker_subnet_id", "worker_key_name", "oidc_jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # CloudFormation cannot pass "no value" to an environment variable, only "".
+        return None if value == "" else value
 
     @property
     def jwks_url(self) -> str:

@@ -78,6 +78,7 @@ def register_worker(
     ami_id: str | None = None,
     region: str | None = None,
     ec2_state: str | None = None,
+    private_ip: str | None = None,
     tags: dict[str, str] | None = None,
     worker_id: str | None = None,
 ) -> Change:
@@ -96,6 +97,7 @@ def register_worker(
         instance_type=instance_type,
         ami_id=ami_id,
         region=region,
+        private_ip=private_ip,
         tags=tags or {},
         transition_started_at=now if is_transitional(status) else None,
         created_at=now,

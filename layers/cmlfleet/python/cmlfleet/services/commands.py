@@ -114,6 +114,7 @@ class WorkerCommands:
             instance_type=instance.instance_type,
             ami_id=instance.ami_id,
             region=self._region,
+            private_ip=instance.private_ip,
             tags=instance.tags,
         )
         self._save(change, expected_version=0)
@@ -139,6 +140,7 @@ class WorkerCommands:
             ami_id=instance.ami_id,
             region=self._region,
             ec2_state=instance.state,
+            private_ip=instance.private_ip,
             tags=instance.tags,
         )
         self._fleet.tag(instance_id, {WORKER_ID_TAG: worker_id})

@@ -1,0 +1,107 @@
+"""The whole local system in one object: what `make run` starts and the e2e tests use.
+
+moto and the template's stack (LocalStack), the development issuer, the EC2 simulator,
+the relay as a child process, and the local origin (API in-process, relay proxied) under
+uvicorn on one port.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import uvicorn
+
+from devstack.ec2sim import Delays, Ec2Simulator
+from devstack.issuer import DEV_AUDIENCE, DevelopmentIssuer
+from devstack.origin import LocalOrigin
+from devstack.relayproc import RelayProcess
+from devstack.stack import ACCOUNT_ID, LOCAL_PARAMETERS, LocalStack, free_port
+
+log = logging.getLogger("devstack")
+
+
+@dataclass
+class FleetStack:
+    host: str = "127.0.0.1"
+    port: int = 0
+    heartbeat_seconds: float = 30.0
+    ec2_delays: Delays = field(default_factory=Delays)
+    overrides: dict[str, str] = field(default_factory=dict)
+    relay_output: IO[bytes] | None = None
+    stack: LocalStack | None = None
+    issuer: DevelopmentIssuer | None = None
+    relay: RelayProcess | None = None
+    simulator: Ec2Simulator | None = None
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, before_simulation: Any = None) -> FleetStack:
+        """Start everything; `before_simulation(stack)` runs while EC2 is still quiet."""
+        self.port = self.port or free_port(self.host)
+        self.issuer = DevelopmentIssuer(f"{self.url}/auth", DEV_AUDIENCE)
+        parameters = LOCAL_PARAMETERS | {"OidcIssuer": self.issuer.issuer}
+        self.stack = stack = LocalStack(
+            moto_port=free_port(), overrides=self.overrides, parameters=parameters
+        ).start()
+        if before_simulation is not None:
+            before_simulation(stack)
+        self.simulator = Ec2Simulator(
+            stack.client("ec2"),
+            stack.client("events"),
+            region=stack.region,
+            account=ACCOUNT_ID,
+            delays=self.ec2_delays,
+        )
+        self.simulator.adopt_existing()
+        self.simulator.start()
+        relay_env = stack.environment() | {
+            "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
+            "RELAY_DLQ_ARN": stack.outputs["RelayDeadLetterQueueArn"],
+            "RELAY_POLL_WAIT_SECONDS": "2",
+            "HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
+            "RELAY_LOG_LEVEL": "warning",
+        }
+        self.relay = RelayProcess(relay_env, port=free_port(), output=self.relay_output).start()
+        self._serve_origin(stack)
+        return self
+
+    def _serve_origin(self, stack: LocalStack) -> None:
+        assert self.issuer is not None
+        assert self.relay is not None
+        api = stack.functions["ApiFunction"].module.app
+        origin = LocalOrigin(api=api, relay_url=self.relay.url, auth=self.issuer.app())
+        config = uvicorn.Config(
+            origin,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="origin", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the local origin did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()  # first: its clients get system.sse.shutdown through the origin
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+        if self.simulator is not None:
+            self.simulator.stop()
+        if self.stack is not None:
+            self.stack.stop()
