@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devstack.relayproc import PYTHONPATH
@@ -137,3 +138,29 @@ def test_run_on_a_busy_port_says_so_and_how_to_pick_another(tmp_path: Path) -> N
     assert result.returncode == 2
     assert f"port {port}" in result.stderr
     assert "PORT=" in result.stderr
+
+
+def test_a_printed_token_lists_the_demo_fleet_and_a_create_shows_up_on_the_stream(
+    runner: Runner, tmp_path: Path
+) -> None:
+    token = subprocess.run(
+        [sys.executable, "-m", "devstack", "token", "--user", "ada"],
+        cwd=ROOT,
+        env=environment(tmp_path / "state.json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    listed = httpx.get(f"{runner.url}/api/workers", headers=headers, timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert {w["name"] for w in listed.json()["workers"]} == {"cml-lab-a", "cml-lab-b"}
+    with SseStream(f"{runner.url}/api/events/stream") as stream:
+        stream.next()
+        created = httpx.post(
+            f"{runner.url}/api/workers", json={"name": "from-curl"}, headers=headers, timeout=30
+        )
+        assert created.status_code == 201, created.text
+        event = stream.wait_for(lambda e: e.event == "worker.created", timeout=30)
+    assert event.json()["data"]["worker"]["name"] == "from-curl"
