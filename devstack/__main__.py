@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="multiply the simulated EC2 transition times (boot 6 s, stop 5 s, terminate 4 s)",
     )
+    run.add_argument(
+        "--schedule-speedup",
+        type=float,
+        default=1.0,
+        help="run the template's schedules this many times faster (metrics every 60 s / N)",
+    )
     token = commands.add_parser("token", help="print a bearer token of the local issuer")
     token.add_argument("--user", default="ada", help="username (demo: ada, max, alice, bob)")
     token.add_argument("--role", choices=("admin", "manager", "user"), help="default: by user")
@@ -84,6 +90,7 @@ def run_stack(args: argparse.Namespace) -> int:
         port=args.port,
         heartbeat_seconds=args.heartbeat,
         ec2_delays=Delays().scaled(args.ec2_delay_scale),
+        schedule_speedup=args.schedule_speedup,
         overrides={} if args.verbose else quiet,
     )
     try:

@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class Delays:
         return Delays(self.boot * factor, self.stop * factor, self.terminate * factor)
 
 
+DEFAULT_DELAYS = Delays()
+
 # moto's (instant) state → what EC2 reports now, and what it reports after the delay.
 TRANSITIONS = {
     "running": ("pending", "running", "boot"),
@@ -49,8 +52,9 @@ class Ec2Simulator(threading.Thread):
         *,
         region: str,
         account: str,
-        delays: Delays = Delays(),
+        delays: Delays = DEFAULT_DELAYS,
         poll_interval: float = 0.25,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(name="ec2-simulator", daemon=True)
         self._ec2, self._events = ec2, events
@@ -61,10 +65,14 @@ class Ec2Simulator(threading.Thread):
         self._generation: dict[str, int] = {}
         self._order = itertools.count()
         self._stopping = threading.Event()
+        self._on_change = on_change  # (instance id, moto state): e.g. give it a CML host
 
     def adopt_existing(self) -> None:
         """Take the instances that exist now as settled (no events for them)."""
         self._known.update(self._moto_states())
+
+    def known_instances(self) -> dict[str, str]:
+        return dict(self._known)
 
     def run(self) -> None:
         while not self._stopping.wait(self._poll):
@@ -92,6 +100,8 @@ class Ec2Simulator(threading.Thread):
             if self._known.get(instance_id) == state:
                 continue
             self._known[instance_id] = state
+            if self._on_change is not None:
+                self._on_change(instance_id, state)
             if state not in TRANSITIONS:
                 continue
             now_state, final_state, delay_name = TRANSITIONS[state]

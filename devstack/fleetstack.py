@@ -15,6 +15,8 @@ from typing import IO, Any
 
 import uvicorn
 
+from devstack.cloudwatchsim import CloudWatchFeeder
+from devstack.cmlsim import CmlSimulator
 from devstack.ec2sim import Delays, Ec2Simulator
 from devstack.issuer import DEV_AUDIENCE, DevelopmentIssuer
 from devstack.origin import LocalOrigin
@@ -31,7 +33,10 @@ class FleetStack:
     heartbeat_seconds: float = 30.0
     ec2_delays: Delays = field(default_factory=Delays)
     overrides: dict[str, str] = field(default_factory=dict)
+    schedule_speedup: float = 1.0
+    run_schedules: bool = True
     relay_output: IO[bytes] | None = None
+    cml: CmlSimulator | None = None
     stack: LocalStack | None = None
     issuer: DevelopmentIssuer | None = None
     relay: RelayProcess | None = None
@@ -47,10 +52,22 @@ class FleetStack:
         """Start everything; `before_simulation(stack)` runs while EC2 is still quiet."""
         self.port = self.port or free_port(self.host)
         self.issuer = DevelopmentIssuer(f"{self.url}/auth", DEV_AUDIENCE)
-        parameters = LOCAL_PARAMETERS | {"OidcIssuer": self.issuer.issuer}
+        self.cml = cml = CmlSimulator().start(tick_every=60 / self.schedule_speedup)
+        parameters = LOCAL_PARAMETERS | {
+            "OidcIssuer": self.issuer.issuer,
+            "CmlEndpointTemplate": cml.url + "/workers/{instance_id}",
+        }
         self.stack = stack = LocalStack(
-            moto_port=free_port(), overrides=self.overrides, parameters=parameters
-        ).start()
+            moto_port=free_port(),
+            overrides=self.overrides,
+            parameters=parameters,
+            run_schedules=False,  # started last, once the fleet and its CML hosts exist
+            schedule_speedup=self.schedule_speedup,
+        )
+        stack.before_schedule["MetricsCollectorFunction"] = self._feed_cloudwatch
+        stack.start()
+        credentials = stack.secret_value("CmlCredentialsSecret")
+        cml.username, cml.password = credentials["username"], credentials["password"]
         if before_simulation is not None:
             before_simulation(stack)
         self.simulator = Ec2Simulator(
@@ -59,8 +76,11 @@ class FleetStack:
             region=stack.region,
             account=ACCOUNT_ID,
             delays=self.ec2_delays,
+            on_change=self._give_cml_host,
         )
         self.simulator.adopt_existing()
+        for instance_id in self.simulator.known_instances():
+            cml.add_worker(instance_id)
         self.simulator.start()
         relay_env = stack.environment() | {
             "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
@@ -71,7 +91,27 @@ class FleetStack:
         }
         self.relay = RelayProcess(relay_env, port=free_port(), output=self.relay_output).start()
         self._serve_origin(stack)
+        if self.run_schedules:
+            stack.start_schedules()
         return self
+
+    def _give_cml_host(self, instance_id: str, state: str) -> None:
+        """Every simulated instance runs a simulated CML (added at launch, gone at the end)."""
+        assert self.cml is not None
+        if state == "terminated":
+            self.cml.remove_worker(instance_id)
+        elif state == "running":
+            try:
+                self.cml.worker(instance_id)
+            except KeyError:
+                self.cml.add_worker(instance_id)
+
+    def _feed_cloudwatch(self) -> None:
+        assert self.stack is not None
+        assert self.cml is not None
+        CloudWatchFeeder(
+            self.stack.client("ec2"), self.stack.client("cloudwatch"), self.cml
+        ).publish()
 
     def _serve_origin(self, stack: LocalStack) -> None:
         assert self.issuer is not None
@@ -105,3 +145,5 @@ class FleetStack:
             self.simulator.stop()
         if self.stack is not None:
             self.stack.stop()
+        if self.cml is not None:
+            self.cml.stop()

@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
-from devstack.dispatcher import RuleTapDrainer, StreamPoller, Worker
+from devstack.dispatcher import RuleTapDrainer, ScheduleRunner, StreamPoller, Worker
 from devstack.lambdas import LocalFunction, load_function, shared_environment
 from devstack.template import LocalTemplate, localize
 
@@ -43,6 +43,9 @@ LOCAL_PARAMETERS = {
     "CmlAmiId": "ami-0c0ffee0c0ffee000",
     "OidcIssuer": "http://127.0.0.1:8080/auth",
     "OidcAudience": "cmlfleet-local",
+    # Never a worker's private address: locally every CML API is on loopback (the
+    # simulator's URL replaces this; port 1 refuses at once if nothing does).
+    "CmlEndpointTemplate": "http://127.0.0.1:1/workers/{instance_id}",
 }
 
 
@@ -61,6 +64,10 @@ class LocalStack:
     stream_poll_interval: float = 0.05
     overrides: dict[str, str] = field(default_factory=dict)  # win over the template's
     parameters: dict[str, str] = field(default_factory=lambda: dict(LOCAL_PARAMETERS))
+    schedule_speedup: float = 1.0
+    run_schedules: bool = False
+    before_schedule: dict[str, Any] = field(default_factory=dict)  # function id → hook
+    schedules: dict[str, ScheduleRunner] = field(default_factory=dict)
     template: LocalTemplate | None = None
     endpoint: str = ""
     resources: dict[str, str] = field(default_factory=dict)
@@ -101,6 +108,7 @@ class LocalStack:
         """Create the template's stack in moto and fill the gaps it leaves."""
         self.template = template = localize(bucket=CODE_BUCKET, parameters=self.parameters)
         self._upload_code(template.artifacts)
+        self._create_secrets(template)
         cloudformation = self.client("cloudformation")
         cloudformation.create_stack(
             StackName=STACK_NAME,
@@ -151,6 +159,30 @@ class LocalStack:
             )
         for worker in self._workers:
             worker.start()
+        if self.run_schedules:
+            self.start_schedules()
+
+    def start_schedules(self) -> None:
+        """Fire each scheduled function now, then on its schedule (sped up)."""
+        assert self.template is not None
+        for schedule in self.template.schedules:
+            runner = ScheduleRunner(
+                self.functions[schedule.function_id],
+                schedule.expression,
+                speedup=self.schedule_speedup,
+                before_run=self.before_schedule.get(schedule.function_id),
+            )
+            self.schedules[schedule.function_id] = runner
+            self._workers.append(runner)
+            runner.start()
+
+    def secret_value(self, logical_id: str) -> dict[str, Any]:
+        """A secret the local stack made, as JSON (e.g. the CML credentials)."""
+        assert self.template is not None
+        secret = next(s for s in self.template.secrets if s.logical_id == logical_id)
+        value = self.client("secretsmanager").get_secret_value(SecretId=secret.name)
+        parsed: dict[str, Any] = json.loads(value["SecretString"])
+        return parsed
 
     def stop(self) -> None:
         for worker in self._workers:
@@ -177,6 +209,22 @@ class LocalStack:
         s3.create_bucket(Bucket=CODE_BUCKET)
         for key, directory in artifacts.items():
             s3.put_object(Bucket=CODE_BUCKET, Key=key, Body=_zip_directory(directory))
+
+    def _create_secrets(self, template: LocalTemplate) -> None:
+        """moto's CloudFormation skips secrets: make each, generating as the template asks."""
+        secrets = self.client("secretsmanager")
+        for secret in template.secrets:
+            generate = secret.properties.get("GenerateSecretString")
+            if generate:
+                value = json.loads(generate.get("SecretStringTemplate", "{}"))
+                value[generate["GenerateStringKey"]] = secrets.get_random_password(
+                    PasswordLength=int(generate.get("PasswordLength", 24)),
+                    ExcludePunctuation=bool(generate.get("ExcludePunctuation", False)),
+                )["RandomPassword"]
+                text = json.dumps(value)
+            else:
+                text = str(secret.properties.get("SecretString", ""))
+            secrets.create_secret(Name=secret.name, SecretString=text)
 
     def _load_functions(self, template: LocalTemplate) -> None:
         lambda_client = self.client("lambda")

@@ -59,6 +59,24 @@ class StreamMapping:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """An EventBridge Scheduler schedule the runner fires itself (moto never fires any)."""
+
+    schedule_id: str
+    function_id: str
+    expression: str  # rate(...) as the template (and its parameters) set it
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A Secrets Manager secret moto's CloudFormation skips; the runner creates it by name."""
+
+    logical_id: str
+    name: str
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class LocalTemplate:
     cloudformation: dict[str, Any]
     functions: dict[str, FunctionSource]
@@ -66,6 +84,8 @@ class LocalTemplate:
     taps: list[RuleTap]
     streams: list[StreamMapping]
     subscriptions: list[dict[str, Any]]
+    schedules: list[Schedule]
+    secrets: list[Secret]
 
 
 class _OfflinePolicyLoader:
@@ -123,7 +143,63 @@ def localize(
         for props in resources.values()
         if props.get("Type") == "AWS::SNS::Subscription"
     ]
-    return LocalTemplate(cfn, function_sources(sam), artifacts, taps, streams, subscriptions)
+    values = _parameter_values(cfn, parameters or {})
+    schedules = _take_out_schedules(resources, values)
+    secrets = _take_out_secrets(cfn)
+    return LocalTemplate(
+        cfn, function_sources(sam), artifacts, taps, streams, subscriptions, schedules, secrets
+    )
+
+
+def _parameter_values(cfn: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    defaults = {
+        name: str(spec["Default"])
+        for name, spec in cfn.get("Parameters", {}).items()
+        if "Default" in spec
+    }
+    return defaults | given
+
+
+def _take_out_schedules(resources: dict[str, Any], parameters: dict[str, str]) -> list[Schedule]:
+    schedules: list[Schedule] = []
+    for schedule_id, schedule in list(resources.items()):
+        if schedule.get("Type") != "AWS::Scheduler::Schedule":
+            continue
+        props = schedule["Properties"]
+        function_id = _lambda_id(props["Target"]["Arn"])
+        expression = props["ScheduleExpression"]
+        if isinstance(expression, dict) and "Ref" in expression:
+            expression = parameters[expression["Ref"]]
+        if function_id is not None:
+            schedules.append(Schedule(schedule_id, function_id, str(expression)))
+        del resources[schedule_id]
+    return schedules
+
+
+def _take_out_secrets(cfn: dict[str, Any]) -> list[Secret]:
+    """Remove the secrets and point every `Ref` to one at the name the runner creates."""
+    resources = cfn["Resources"]
+    secrets = [
+        Secret(logical_id, f"cmlfleet-local/{logical_id}", resource.get("Properties", {}))
+        for logical_id, resource in resources.items()
+        if resource.get("Type") == "AWS::SecretsManager::Secret"
+    ]
+    names = {secret.logical_id: secret.name for secret in secrets}
+    for secret in secrets:
+        del resources[secret.logical_id]
+
+    def replace(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {"Ref"} and node["Ref"] in names:
+                return names[node["Ref"]]
+            return {key: replace(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [replace(item) for item in node]
+        return node
+
+    cfn["Resources"] = replace(resources)
+    cfn["Outputs"] = replace(cfn.get("Outputs", {}))
+    return secrets
 
 
 def _lambda_id(arn: object) -> str | None:

@@ -39,12 +39,20 @@ from fleet_api.settings import ApiSettings
 
 BUCKET = "cmlfleet-template-tests"
 STACK_NAME = "cmlfleet-template-test"
-FUNCTIONS = ("InstanceStateFunction", "EventPublisherFunction", "ApiFunction")
+FUNCTIONS = (
+    "InstanceStateFunction",
+    "EventPublisherFunction",
+    "ApiFunction",
+    "MetricsCollectorFunction",
+    "LabsRefreshFunction",
+)
 # The settings class each function loads at start (its environment must satisfy it).
 SETTINGS_OF: dict[str, type[FleetSettings]] = {
     "InstanceStateFunction": FleetSettings,
     "EventPublisherFunction": FleetSettings,
     "ApiFunction": ApiSettings,
+    "MetricsCollectorFunction": FleetSettings,
+    "LabsRefreshFunction": FleetSettings,
 }
 LAYERS = ("CodeLayer", "DependenciesLayer")
 EC2_PATTERN = {
@@ -701,3 +709,51 @@ def test_each_function_in_moto_has_its_environment_resolved(
     )
     assert settings.table_name == physical["WorkersTable"]
     assert settings.event_ttl_days == 7
+
+
+# ---- schedules and the CML credentials --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("function_id", "default"),
+    [("MetricsCollectorFunction", "rate(1 minute)"), ("LabsRefreshFunction", "rate(5 minutes)")],
+)
+def test_each_collector_runs_on_an_eventbridge_scheduler_schedule_with_a_dead_letter_queue(
+    cfn: dict[str, Any], resources: dict[str, Any], function_id: str, default: str
+) -> None:
+    schedules = [
+        r["Properties"]
+        for r in of_type(resources, "AWS::Scheduler::Schedule").values()
+        if points_at_function(r["Properties"]["Target"]["Arn"], function_id)
+    ]
+    assert len(schedules) == 1
+    (schedule,) = schedules
+    parameter = schedule["ScheduleExpression"]["Ref"]
+    assert cfn["Parameters"][parameter]["Default"] == default
+    target = schedule["Target"]
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert target["DeadLetterConfig"]["Arn"] == get_att("ScheduleDeadLetterQueue", "Arn")
+
+
+def test_localize_records_both_schedules_with_their_rates(localized: LocalTemplate) -> None:
+    assert {(s.function_id, s.expression) for s in localized.schedules} == {
+        ("MetricsCollectorFunction", "rate(1 minute)"),
+        ("LabsRefreshFunction", "rate(5 minutes)"),
+    }
+    types = {r["Type"] for r in localized.cloudformation["Resources"].values()}
+    assert "AWS::Scheduler::Schedule" not in types
+
+
+def test_the_cml_credentials_are_a_generated_secret_only_the_cml_callers_may_read(
+    resources: dict[str, Any],
+) -> None:
+    secret = resources["CmlCredentialsSecret"]["Properties"]["GenerateSecretString"]
+    assert secret["GenerateStringKey"] == "password"
+    readers = set()
+    for function_id in FUNCTIONS:
+        statements = role_statements(resources, role_of(resources, function_id))
+        for statement in statements:
+            if "secretsmanager:GetSecretValue" in as_list(statement["Action"]):
+                assert statement["Resource"] == ref("CmlCredentialsSecret")
+                readers.add(function_id)
+    assert readers == {"ApiFunction", "MetricsCollectorFunction", "LabsRefreshFunction"}

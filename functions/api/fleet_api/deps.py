@@ -8,12 +8,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from cmlfleet import bootstrap
 from cmlfleet.adapters import aws
 from cmlfleet.adapters.ec2 import BotoEc2Fleet
 from cmlfleet.adapters.repository import DynamoDbWorkerRepository
 from cmlfleet.adapters.tickets import DynamoDbTicketStore
 from cmlfleet.identity import AuthenticationError, JwksSigningKeys, Principal, TokenVerifier
 from cmlfleet.services.commands import LaunchDefaults, WorkerCommands
+from cmlfleet.services.labs import LabsCommands
 from fleet_api.errors import UnauthorizedError
 from fleet_api.settings import load_api_settings
 
@@ -23,6 +25,7 @@ class Container:
     commands: WorkerCommands
     verifier: TokenVerifier
     tickets: DynamoDbTicketStore
+    labs: LabsCommands | None = None
 
 
 @lru_cache(maxsize=1)
@@ -56,7 +59,15 @@ def build_container() -> Container:
     tickets = DynamoDbTicketStore(
         settings.table_name, aws.client("dynamodb"), settings.stream_ticket_ttl_seconds
     )
-    return Container(commands, verifier, tickets)
+    labs = LabsCommands(
+        repository,
+        bootstrap.cml_client,
+        bootstrap.cml_endpoint,
+        source=settings.event_source,
+        min_interval=settings.labs_refresh_min_interval_seconds,
+        deadline=settings.cml_timeout_seconds * 4,
+    )
+    return Container(commands, verifier, tickets, labs)
 
 
 def get_container() -> Container:

@@ -17,6 +17,7 @@ from cmlfleet.services.commands import (
     NotImportableError,
     WorkerNotFoundError,
 )
+from cmlfleet.services.labs import CmlUnavailableError, ThrottledError
 
 
 class UnauthorizedError(Exception):
@@ -60,6 +61,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotImportableError)
     async def not_importable(_: Request, error: NotImportableError) -> JSONResponse:
         return respond(409, "not_importable", str(error))
+
+    @app.exception_handler(ThrottledError)
+    async def throttled(_: Request, error: ThrottledError) -> JSONResponse:
+        response = respond(429, "throttled", str(error))
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        return response
+
+    @app.exception_handler(CmlUnavailableError)
+    async def cml_unavailable(_: Request, error: CmlUnavailableError) -> JSONResponse:
+        return respond(502, "cml_unavailable", f"the worker's CML API: {error}")
 
     @app.exception_handler(CloudError)
     async def cloud(_: Request, error: CloudError) -> JSONResponse:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cmlfleet.events.catalog import WorkerView
+from cmlfleet.events.catalog import LabSummary, WorkerView
+from cmlfleet.timeutil import UtcDateTime
 
 TEXT = r"^[^\x00-\x1f\x7f]+$"  # no control characters
 
@@ -38,3 +39,10 @@ class StreamTicket(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
+
+
+class WorkerLabs(BaseModel):
+    worker_id: str
+    labs: list[LabSummary]
+    synced_at: UtcDateTime | None
+    changed: bool = Field(default=False, description="this refresh found a change")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from cmlfleet.domain.status import WorkerStatus
 from cmlfleet.events.catalog import WorkerView
-from fleet_api.deps import ContainerDep, CurrentPrincipal
-from fleet_api.schemas import WorkerCreate, WorkerImport, WorkerList
+from cmlfleet.services.labs import LabsCommands
+from fleet_api.deps import Container, ContainerDep, CurrentPrincipal
+from fleet_api.schemas import WorkerCreate, WorkerImport, WorkerLabs, WorkerList
 
 router = APIRouter(prefix="/api/workers", tags=["workers"])
 WorkerId = Annotated[str, Path(pattern=r"^w-[0-9a-f]{1,40}$", description="the worker's id")]
@@ -76,3 +77,34 @@ def terminate_worker(
 ) -> WorkerView:
     """Terminate the worker's instance (admin). `worker.terminated` is emitted at once."""
     return container.commands.terminate(principal, worker_id)
+
+
+@router.get("/{worker_id}/labs")
+def get_labs(
+    worker_id: WorkerId, principal: CurrentPrincipal, container: ContainerDep
+) -> WorkerLabs:
+    """The worker's labs as last synced (by the schedule or a manual refresh)."""
+    snapshot = _labs(container).stored(principal, worker_id)
+    return WorkerLabs(
+        worker_id=snapshot.worker_id, labs=snapshot.labs, synced_at=snapshot.synced_at
+    )
+
+
+@router.post("/{worker_id}/labs/refresh")
+def refresh_labs(
+    worker_id: WorkerId, principal: CurrentPrincipal, container: ContainerDep
+) -> WorkerLabs:
+    """Sync the worker's labs from its CML API now (manager, admin; at most every few s)."""
+    snapshot = _labs(container).refresh(principal, worker_id)
+    return WorkerLabs(
+        worker_id=snapshot.worker_id,
+        labs=snapshot.labs,
+        synced_at=snapshot.synced_at,
+        changed=snapshot.changed,
+    )
+
+
+def _labs(container: Container) -> LabsCommands:
+    if container.labs is None:
+        raise HTTPException(status_code=503, detail="labs are not configured")
+    return container.labs

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 from cmlfleet.adapters import aws
 from cmlfleet.adapters.publisher import SnsEventPublisher
 from cmlfleet.adapters.repository import DynamoDbWorkerRepository
-from cmlfleet.settings import load_settings
+from cmlfleet.cml.client import CmlClient, CmlSharedState
+from cmlfleet.cml.models import CmlCredentials
+from cmlfleet.domain.worker import Worker
+from cmlfleet.settings import ConfigurationError, load_settings
+
+# Login tokens and circuit-breaker state outlive one invocation (a warm Lambda reuses them).
+_CML_SHARED = CmlSharedState()
 
 
 @lru_cache(maxsize=1)
@@ -29,4 +36,52 @@ def reset() -> None:
     load_settings.cache_clear()
     worker_repository.cache_clear()
     event_publisher.cache_clear()
+    _secrets.cache_clear()
     aws.reset_clients()
+
+
+# ---- the workers' CML API ------------------------------------------------------------------
+
+
+def cml_credentials() -> CmlCredentials:
+    """The CML username and password from Secrets Manager (cached by Powertools for 5 min)."""
+    name = load_settings().cml_credentials_secret
+    if not name:
+        raise ConfigurationError("CML_CREDENTIALS_SECRET is not set")
+    secret = _secrets().get(name, transform="json", max_age=300)
+    if not isinstance(secret, dict) or not {"username", "password"} <= secret.keys():
+        raise ConfigurationError(f"secret {name} must be JSON with username and password")
+    return CmlCredentials(str(secret["username"]), str(secret["password"]))
+
+
+@lru_cache(maxsize=1)
+def _secrets() -> Any:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    return SecretsProvider(boto3_client=aws.client("secretsmanager"))
+
+
+def cml_endpoint(worker: Worker) -> str | None:
+    """The worker's CML base URL from CML_ENDPOINT_TEMPLATE, or None if it lacks a field."""
+    fields = {
+        "private_ip": worker.private_ip,
+        "instance_id": worker.instance_id,
+        "worker_id": worker.worker_id,
+    }
+    template = load_settings().cml_endpoint_template
+    needed = {name for name in fields if "{" + name + "}" in template}
+    if any(fields[name] is None for name in needed):
+        return None
+    return template.format(**{k: v or "" for k, v in fields.items()})
+
+
+def cml_client() -> CmlClient:
+    """A CML client for one invocation's event loop; tokens are kept across invocations."""
+    settings = load_settings()
+    client = CmlClient(
+        cml_credentials,
+        timeout=settings.cml_timeout_seconds,
+        verify_tls=settings.cml_verify_tls,
+    )
+    client.share_state_with(_CML_SHARED)
+    return client

@@ -26,6 +26,19 @@ class FleetSettings(BaseSettings):
     topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:", description="domain events topic")
     event_ttl_days: int = Field(default=7, ge=1, le=365, description="event log retention")
     event_source: str = Field(default="urn:cmlfleet", min_length=1)
+    # The workers' CML API (collectors and the manual labs refresh).
+    cml_credentials_secret: str | None = Field(
+        default=None, description="Secrets Manager secret (name or ARN) with username/password"
+    )
+    cml_endpoint_template: str = Field(
+        default="https://{private_ip}", description="a worker's CML base URL, filled per worker"
+    )
+    cml_verify_tls: bool = False
+    cml_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    cml_concurrency: int = Field(default=25, ge=1, le=500)
+    metrics_threshold_points: float = Field(default=5.0, ge=0, le=100)
+    metrics_keepalive_seconds: int = Field(default=600, ge=60)
+    labs_refresh_min_interval_seconds: int = Field(default=10, ge=0, le=3600)
 
 
 def describe_validation_error(error: ValidationError) -> str:

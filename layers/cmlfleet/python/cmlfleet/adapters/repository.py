@@ -49,6 +49,8 @@ class WorkerRepository(Protocol):
         self, worker: Worker, events: Sequence[CloudEvent], *, expected_version: int
     ) -> None: ...
 
+    def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool: ...
+
 
 def event_partition(event: CloudEvent) -> str:
     """The event log partition of an event: one per hour of event time."""
@@ -109,6 +111,32 @@ class DynamoDbWorkerRepository:
                 ) from error
             raise
 
+    def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool:
+        """Atomically take the right to refresh the worker's labs now; False if too soon.
+
+        One conditional write decides, so two callers at once cannot both pass. The
+        version is left alone: nothing a client shows changed.
+        """
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": WORKER_PK}, "sk": {"S": worker_id}},
+                UpdateExpression="SET labs_refresh_claimed_at = :now",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(labs_refresh_claimed_at)"
+                    " OR labs_refresh_claimed_at <= :cutoff)"
+                ),
+                ExpressionAttributeValues={
+                    ":now": {"N": repr(now)},
+                    ":cutoff": {"N": repr(now - min_interval)},
+                },
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def _put_worker(self, worker: Worker, expected_version: int) -> dict[str, Any]:
         put: dict[str, Any] = {"TableName": self._table, "Item": _worker_to_item(worker)}
         if expected_version == 0:
@@ -163,6 +191,16 @@ class InMemoryWorkerRepository:
             raise ConcurrentModificationError(worker.worker_id)
         self.workers[worker.worker_id] = worker
         self.events.extend(events)
+
+    def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return False
+        last = worker.labs_refresh_claimed_at
+        if last is not None and now - last < min_interval:
+            return False
+        self.workers[worker_id] = worker.model_copy(update={"labs_refresh_claimed_at": now})
+        return True
 
 
 def _worker_to_item(worker: Worker) -> dict[str, Any]:

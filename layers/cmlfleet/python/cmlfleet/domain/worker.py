@@ -22,6 +22,7 @@ from cmlfleet.domain.status import (
 )
 from cmlfleet.events.catalog import (
     EventData,
+    LabSummary,
     WorkerCreated,
     WorkerStatusUpdated,
     WorkerTerminated,
@@ -53,11 +54,25 @@ class Worker(BaseModel):
     updated_at: UtcDateTime
     terminated_at: UtcDateTime | None = None
     terminated_by: str | None = None
+    # Load, as last saved by the metrics collector (saved only when it moved enough).
+    cpu_utilization: float | None = None
+    memory_utilization: float | None = None
+    storage_utilization: float | None = None
+    labs_count: int | None = None
+    running_nodes: int | None = None
+    total_nodes: int | None = None
+    metrics_collected_at: UtcDateTime | None = None
+    # The worker's CML labs, as last synced (served by /labs, not part of the view).
+    labs: list[LabSummary] = Field(default_factory=list)
+    labs_synced_at: UtcDateTime | None = None
+    labs_refresh_claimed_at: float | None = None  # epoch seconds; throttles manual refreshes
     version: int = Field(default=0, ge=0)
 
     def view(self) -> WorkerView:
         """The worker as clients see it (before any per-role masking)."""
-        return WorkerView.model_validate(self.model_dump())
+        return WorkerView.model_validate(
+            self.model_dump(exclude={"labs", "labs_refresh_claimed_at"})
+        )
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,13 @@ class WorkerView(BaseModel):
     updated_at: UtcDateTime
     terminated_at: UtcDateTime | None = None
     terminated_by: str | None = None
+    cpu_utilization: float | None = None
+    memory_utilization: float | None = None
+    storage_utilization: float | None = None
+    labs_count: int | None = None
+    running_nodes: int | None = None
+    total_nodes: int | None = None
+    metrics_collected_at: UtcDateTime | None = None
     version: int
 
 

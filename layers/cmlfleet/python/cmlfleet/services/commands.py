@@ -191,14 +191,10 @@ class WorkerCommands:
         raise ConcurrentModificationError(f"worker {worker_id}: too many concurrent writers")
 
     def _visible(self, principal: Principal, worker_id: str) -> Worker:
-        worker = self._repository.get(worker_id)
-        if worker is None or not may_see(principal, worker.owner):
-            raise WorkerNotFoundError(worker_id)
-        return worker
+        return find_visible(self._repository, principal, worker_id)
 
     def _authorize(self, principal: Principal, action: Action) -> None:
-        if not may(principal, action):
-            raise ForbiddenError(f"role {principal.role} may not {action.value.replace('_', ' ')}")
+        authorize(principal, action)
 
     def _save(self, change: Change, *, expected_version: int) -> None:
         worker = change.worker
@@ -213,3 +209,16 @@ class WorkerCommands:
             for payload in change.events
         ]
         self._repository.save(worker, events, expected_version=expected_version)
+
+
+def find_visible(repository: WorkerRepository, principal: Principal, worker_id: str) -> Worker:
+    """The worker, if this principal may see it; otherwise it does not exist for them."""
+    worker = repository.get(worker_id)
+    if worker is None or not may_see(principal, worker.owner):
+        raise WorkerNotFoundError(worker_id)
+    return worker
+
+
+def authorize(principal: Principal, action: Action) -> None:
+    if not may(principal, action):
+        raise ForbiddenError(f"role {principal.role} may not {action.value.replace('_', ' ')}")

@@ -1,0 +1,82 @@
+"""One HTTP exchange with a CML controller: bounded in time, retried when retrying can help.
+
+Connection errors, timeouts and 5xx are retried with exponential backoff (no jitter: the
+retries of different workers go to different hosts, so they do not pile up on one);
+4xx never, as asking again cannot change the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from cmlfleet.cml.errors import CmlError
+
+
+class RetryingSender:
+    """Sends requests for `CmlClient`; `calls` counts every attempt, by kind."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, timeout: float, retries: int, backoff: float
+    ) -> None:
+        self._http = http
+        self._timeout, self._retries, self._backoff = timeout, max(0, retries), backoff
+        self.calls: Counter[str] = Counter()
+
+    async def send(
+        self,
+        base: str,
+        kind: str,
+        method: str,
+        url: str,
+        *,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        """The first response below 500, or `CmlError` once the retries are spent."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        failure = CmlError(base, f"no attempt made at {kind}")
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+            self.calls[kind] += 1
+            try:
+                # httpx's timeouts are per phase; this one bounds the whole exchange, so a
+                # server trickling bytes cannot hold a poll longer than `timeout` either.
+                async with asyncio.timeout(self._timeout):
+                    response = await self._http.request(
+                        method, url, headers=headers, params=params, json=json
+                    )
+            except (TimeoutError, httpx.TimeoutException):
+                failure = CmlError(base, f"timed out after {self._timeout} s")
+            except httpx.ConnectError as error:
+                failure = CmlError(base, f"cannot connect ({detail(error)})")
+            except httpx.TransportError as error:
+                failure = CmlError(base, f"{kind} failed ({detail(error)})")
+            else:
+                if response.status_code < 500:
+                    return response
+                status = response.status_code
+                failure = CmlError(base, f"HTTP {status} from {kind}", status=status)
+        raise failure
+
+
+def json_body(base: str, kind: str, response: httpx.Response) -> Any:
+    """The JSON of a 2xx response; any other status or invalid JSON is a `CmlError`."""
+    if not response.is_success:
+        status = response.status_code
+        raise CmlError(base, f"HTTP {status} from {kind}", status=status)
+    try:
+        return response.json()
+    except ValueError:
+        raise CmlError(base, f"invalid JSON from {kind}") from None
+
+
+def detail(error: Exception) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
