@@ -189,7 +189,9 @@ def test_a_valid_token_under_another_scheme_is_refused(api: Api) -> None:
 def test_a_token_in_the_query_string_is_not_accepted(api: Api) -> None:
     token = api.issuer.token("ada", "admin")
 
-    assert unauthorized(api.client.get(f"/api/workers?access_token={token}"))
+    response = api.client.get(f"/api/workers?access_token={token}")
+
+    assert unauthorized(response) == "a bearer token is required"
 
 
 def test_the_bearer_scheme_is_case_insensitive(api: Api) -> None:
@@ -235,7 +237,7 @@ def test_a_forged_admin_token_changes_nothing(api: Api) -> None:
 
     response = api.client.post("/api/workers", json={"name": "evil"}, headers=bearer(token))
 
-    assert unauthorized(response)
+    assert "signature" in unauthorized(response)
     assert api.client.get("/api/workers", headers=api.admin).json() == {"workers": []}
 
 

@@ -59,8 +59,11 @@ def events(api: Api, worker_id: str | None = None, kind: str | None = None) -> l
     ]
 
 
-def stored(api: Api, worker_id: str) -> Worker | None:
-    return api.container.commands._repository.get(worker_id)
+def stored(api: Api, worker_id: str) -> Worker:
+    """The worker as the table holds it, read past the API."""
+    worker = api.container.commands._repository.get(worker_id)
+    assert worker is not None, worker_id
+    return worker
 
 
 def instance(api: Api, instance_id: str) -> dict[str, Any]:
@@ -461,7 +464,7 @@ def test_an_anonymous_caller_is_refused_before_the_body_is_looked_at(api: Api) -
 
 @pytest.mark.xfail(
     strict=True,
-    reason="schemas.py:9 TEXT only excludes C0 controls and DEL; C1 controls such as "
+    reason="schemas.py:10 TEXT only excludes C0 controls and DEL; C1 controls such as "
     "U+009B (CSI) pass, though the rule says 'no control characters'",
 )
 def test_a_name_with_a_c1_control_character_is_refused(api: Api) -> None:
@@ -678,7 +681,7 @@ def test_two_imports_of_one_instance_that_race_make_one_worker(
 @pytest.mark.xfail(
     strict=True,
     reason="commands.py:135 takes the Name tag (EC2 allows 256 chars) as the name unchecked; "
-    "Worker.name allows 128 (domain/worker.py:40), so pydantic raises and the API answers 500",
+    "Worker.name allows 128 (domain/worker.py:41), so pydantic raises and the API answers 500",
 )
 def test_importing_an_instance_whose_name_tag_is_too_long_is_not_a_server_error(
     api: Api,
@@ -707,7 +710,6 @@ def test_a_manager_starts_a_stopped_worker(api: Api) -> None:
     assert started["instance_id"] == worker["instance_id"]  # a manager's view is unmasked
     assert instance(api, worker["instance_id"])["State"]["Name"] in ("pending", "running")
     stored_worker = stored(api, worker["worker_id"])
-    assert stored_worker is not None
     assert (stored_worker.status, stored_worker.version) == ("pending", started["version"])
 
 
@@ -745,7 +747,7 @@ def test_a_worker_that_is_not_stopped_cannot_be_started(api: Api, status: str) -
     error = error_of(response, 409)
     assert error["code"] == "illegal_transition"
     assert error["worker_status"] == status
-    assert stored(api, worker["worker_id"]).version == 2  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).version == 2
     assert len(events(api)) == before
 
 
@@ -757,7 +759,7 @@ def test_a_user_may_not_start_their_own_worker(api: Api) -> None:
     )
 
     assert error_of(response, 403) == {"code": "forbidden", "message": "role user may not start"}
-    assert stored(api, worker["worker_id"]).status == "stopped"  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).status == "stopped"
 
 
 def test_a_user_cannot_find_another_users_worker_to_start(api: Api) -> None:
@@ -766,7 +768,7 @@ def test_a_user_cannot_find_another_users_worker_to_start(api: Api) -> None:
     response = api.client.post(f"/api/workers/{worker['worker_id']}/start", headers=api.user("bob"))
 
     assert error_of(response, 404)["code"] == "worker_not_found"
-    assert stored(api, worker["worker_id"]).status == "stopped"  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).status == "stopped"
 
 
 def test_starting_an_unknown_worker_is_not_found(api: Api) -> None:
@@ -781,7 +783,7 @@ def test_starting_needs_a_token(api: Api) -> None:
     response = api.client.post(f"/api/workers/{worker['worker_id']}/start")
 
     assert error_of(response, 401)["code"] == "unauthorized"
-    assert stored(api, worker["worker_id"]).status == "stopped"  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).status == "stopped"
 
 
 # ---- stop ------------------------------------------------------------------------------------
@@ -805,14 +807,14 @@ def test_a_worker_that_is_not_running_cannot_be_stopped(api: Api, status: str) -
     worker = api.create_worker()
     if status != "provisioning":
         api.set_status(worker["worker_id"], status)
-    version = stored(api, worker["worker_id"]).version  # type: ignore[union-attr]
+    version = stored(api, worker["worker_id"]).version
 
     response = api.client.post(f"/api/workers/{worker['worker_id']}/stop", headers=api.admin)
 
     error = error_of(response, 409)
     assert error["code"] == "illegal_transition"
     assert error["worker_status"] == status
-    assert stored(api, worker["worker_id"]).version == version  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).version == version
 
 
 def test_a_user_may_not_stop_their_own_worker(api: Api) -> None:
@@ -821,7 +823,7 @@ def test_a_user_may_not_stop_their_own_worker(api: Api) -> None:
     response = api.client.post(f"/api/workers/{worker['worker_id']}/stop", headers=api.user())
 
     assert error_of(response, 403)["code"] == "forbidden"
-    assert stored(api, worker["worker_id"]).status == "running"  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).status == "running"
 
 
 def test_a_user_cannot_find_another_users_worker_to_stop(api: Api) -> None:
@@ -879,7 +881,7 @@ def test_only_an_admin_may_terminate(api: Api, role: str) -> None:
         "message": f"role {role} may not terminate",
     }
     assert instance(api, worker["instance_id"])["State"]["Name"] == "running"
-    assert stored(api, worker["worker_id"]).status == "running"  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).status == "running"
 
 
 def test_a_user_cannot_find_another_users_worker_to_terminate(api: Api) -> None:
@@ -900,7 +902,7 @@ def test_terminating_twice_is_an_illegal_transition(api: Api) -> None:
     assert first.status_code == 202
     error = error_of(second, 409)
     assert (error["code"], error["worker_status"]) == ("illegal_transition", "terminating")
-    assert stored(api, worker["worker_id"]).version == first.json()["version"]  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).version == first.json()["version"]
     assert len(events(api)) == before
 
 
@@ -911,13 +913,13 @@ def test_every_state_change_bumps_the_version_by_exactly_one(api: Api) -> None:
     versions = [worker["version"]]
 
     api.set_status(worker_id, "running")  # EC2's report
-    versions.append(stored(api, worker_id).version)  # type: ignore[union-attr]
+    versions.append(stored(api, worker_id).version)
     versions.append(
         api.client.post(f"/api/workers/{worker_id}/stop", headers=api.manager).json()["version"]
     )
     api.ec2.stop_instances(InstanceIds=[worker["instance_id"]])
     api.set_status(worker_id, "stopped")
-    versions.append(stored(api, worker_id).version)  # type: ignore[union-attr]
+    versions.append(stored(api, worker_id).version)
     versions.append(
         api.client.post(f"/api/workers/{worker_id}/start", headers=api.manager).json()["version"]
     )
@@ -937,7 +939,7 @@ def test_a_refused_command_leaves_the_version_alone(api: Api) -> None:
     api.client.post(f"/api/workers/{worker['worker_id']}/start", headers=api.admin)
     api.client.post(f"/api/workers/{worker['worker_id']}/stop", headers=api.user("alice"))
 
-    assert stored(api, worker["worker_id"]).version == worker["version"]  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).version == worker["version"]
 
 
 # ---- AWS failures ----------------------------------------------------------------------------
@@ -973,8 +975,6 @@ def test_an_aws_failure_is_a_502_and_changes_nothing(
         "aws_code": "UnauthorizedOperation",
     }
     after = stored(api, worker["worker_id"])
-    assert after is not None
-    assert before is not None
     assert (after.version, after.status) == (before.version, before.status)
     assert after == before
     assert events(api) == events_before
@@ -1006,7 +1006,7 @@ def test_ec2_refusing_for_the_instance_state_is_an_illegal_transition(
 
     error = error_of(response, 409)
     assert (error["code"], error["worker_status"]) == ("illegal_transition", "running")
-    assert stored(api, worker["worker_id"]).version == worker["version"]  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).version == worker["version"]
 
 
 def test_a_worker_whose_instance_is_gone_answers_instance_not_found(
@@ -1026,7 +1026,7 @@ def test_a_worker_whose_instance_is_gone_answers_instance_not_found(
         "instance_not_found",
         "InvalidInstanceID.NotFound",
     )
-    assert stored(api, worker["worker_id"]).status == "stopped"  # type: ignore[union-attr]
+    assert stored(api, worker["worker_id"]).status == "stopped"
 
 
 # ---- races with EC2's own reports ----------------------------------------------------------------
