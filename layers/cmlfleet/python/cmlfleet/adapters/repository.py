@@ -5,8 +5,10 @@ Table layout (one table, `pk`/`sk`):
   `instance_id` indexed by the `ByInstanceId` GSI;
 - event:   pk=`EVENTS#<yyyymmddHH>`, sk=<event id> (time-ordered), the whole CloudEvent
   in `event`, and `expires_at` for TTL. These items are the outbox: the table's stream
-  feeds the publisher, and the same items are the event log the relay replays from.
+  feeds the publisher, and the same items are the event log the relay replays from;
+- throttle: pk=`THROTTLE`, sk=`labs#<worker id>`, the last manual labs refresh (TTL).
 A worker and the events of its change are written in one `TransactWriteItems`.
+(Stream tickets live in the same table too: `adapters/tickets.py`.)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cmlfleet.domain.worker import Worker
 from cmlfleet.events.envelope import CloudEvent
 
 WORKER_PK = "WORKER"
+THROTTLE_PK = "THROTTLE"
 EVENTS_PK_PREFIX = "EVENTS#"
 INSTANCE_INDEX = "ByInstanceId"
 
@@ -114,22 +117,22 @@ class DynamoDbWorkerRepository:
     def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool:
         """Atomically take the right to refresh the worker's labs now; False if too soon.
 
-        One conditional write decides, so two callers at once cannot both pass. The
-        version is left alone: nothing a client shows changed.
+        One conditional write decides, so two callers at once cannot both pass. The claim
+        is an item of its own (with a TTL): a worker write, which replaces the whole worker
+        item, must not wipe it.
         """
         try:
-            self._client.update_item(
+            self._client.put_item(
                 TableName=self._table,
-                Key={"pk": {"S": WORKER_PK}, "sk": {"S": worker_id}},
-                UpdateExpression="SET labs_refresh_claimed_at = :now",
-                ConditionExpression=(
-                    "attribute_exists(pk) AND (attribute_not_exists(labs_refresh_claimed_at)"
-                    " OR labs_refresh_claimed_at <= :cutoff)"
-                ),
-                ExpressionAttributeValues={
-                    ":now": {"N": repr(now)},
-                    ":cutoff": {"N": repr(now - min_interval)},
+                Item={
+                    "pk": {"S": THROTTLE_PK},
+                    "sk": {"S": f"labs#{worker_id}"},
+                    "kind": {"S": "throttle"},
+                    "claimed_at": {"N": repr(now)},
+                    "expires_at": {"N": str(int(now + min_interval) + 60)},
                 },
+                ConditionExpression="attribute_not_exists(pk) OR claimed_at <= :cutoff",
+                ExpressionAttributeValues={":cutoff": {"N": repr(now - min_interval)}},
             )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
@@ -173,6 +176,7 @@ class InMemoryWorkerRepository:
 
     workers: dict[str, Worker] = field(default_factory=dict)
     events: list[CloudEvent] = field(default_factory=list)
+    claims: dict[str, float] = field(default_factory=dict)
 
     def get(self, worker_id: str) -> Worker | None:
         return self.workers.get(worker_id)
@@ -193,13 +197,10 @@ class InMemoryWorkerRepository:
         self.events.extend(events)
 
     def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool:
-        worker = self.workers.get(worker_id)
-        if worker is None:
-            return False
-        last = worker.labs_refresh_claimed_at
+        last = self.claims.get(worker_id)
         if last is not None and now - last < min_interval:
             return False
-        self.workers[worker_id] = worker.model_copy(update={"labs_refresh_claimed_at": now})
+        self.claims[worker_id] = now
         return True
 
 

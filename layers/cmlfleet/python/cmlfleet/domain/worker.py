@@ -65,7 +65,6 @@ class Worker(BaseModel):
     # The worker's CML labs, as last synced (served by /labs, not part of the view).
     labs: list[LabSummary] = Field(default_factory=list)
     labs_synced_at: UtcDateTime | None = None
-    labs_refresh_claimed_at: float | None = None  # epoch seconds; throttles manual refreshes
     version: int = Field(default=0, ge=0)
 
     def view(self) -> WorkerView:
