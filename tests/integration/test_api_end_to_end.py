@@ -24,6 +24,7 @@ def fleet() -> Iterator[FleetStack]:
     bootstrap.reset()
     stack = FleetStack(
         ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0),
+        run_schedules=False,  # collectors have their own test; here only commands speak
         overrides={"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"},
     )
     try:

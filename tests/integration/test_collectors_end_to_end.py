@@ -1,0 +1,79 @@
+"""The collectors on the whole local system: schedules from template.yaml (sped up), the
+simulated CML hosts and CloudWatch datapoints, events on the stream through the origin."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from cmlfleet import bootstrap
+from devstack.fleet import seed_demo_fleet
+from devstack.fleetstack import FleetStack
+from devstack.stack import LocalStack
+from tests.sse_client import SseStream
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[FleetStack]:
+    saved = dict(os.environ)
+    bootstrap.reset()
+    stack = FleetStack(
+        schedule_speedup=30,  # metrics every 2 s, labs every 10 s
+        overrides={"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"},
+    )
+
+    def seed(local: LocalStack) -> None:
+        seed_demo_fleet(local.client("ec2"), local.region, 2)
+
+    try:
+        yield stack.start(before_simulation=seed)
+    finally:
+        stack.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        bootstrap.reset()
+
+
+def test_metrics_and_labs_of_the_demo_fleet_arrive_on_their_own(fleet: FleetStack) -> None:
+    workers = {w.worker_id: w for w in bootstrap.worker_repository().list_workers()}
+    assert len(workers) == 2
+    metrics: set[str] = set()
+    labs: set[str] = set()
+    with SseStream(f"{fleet.url}/api/events/stream") as stream:
+        stream.next()
+        while metrics != set(workers) or labs != set(workers):
+            event = stream.wait_for(
+                lambda e: e.event in ("worker.metrics.updated", "worker.labs.updated"),
+                timeout=60,
+            )
+            data = event.json()["data"]
+            if event.event == "worker.metrics.updated":
+                metrics.add(data["worker_id"])
+                assert 0 <= data["cpu_utilization"] <= 100
+                assert data["total_nodes"] >= data["running_nodes"] >= 0
+            else:
+                labs.add(data["worker_id"])
+                assert data["trigger"] == "schedule"
+    runner = fleet.stack.schedules["MetricsCollectorFunction"]  # type: ignore[union-attr]
+    assert runner.last_result["failed"] == {}
+
+
+def test_a_collection_run_reports_a_worker_whose_cml_fails_and_measures_the_rest(
+    fleet: FleetStack,
+) -> None:
+    assert fleet.cml is not None
+    assert fleet.stack is not None
+    victim = bootstrap.worker_repository().list_workers()[0]
+    assert victim.instance_id is not None
+    fleet.cml.set_fault(victim.instance_id, "error")
+    try:
+        result = fleet.stack.functions["MetricsCollectorFunction"].invoke({})
+    finally:
+        fleet.cml.set_fault(victim.instance_id, "none")
+    assert list(result["failed"]) == [victim.worker_id]
+    assert "500" in result["failed"][victim.worker_id]
+    assert result["workers"] == 2
