@@ -362,7 +362,8 @@ class CmlSimulator:
         version: str = CML_VERSION,
     ) -> None:
         self.username, self.password, self.version = username, password, version
-        self._epoch = epoch or datetime.now(UTC).replace(microsecond=0)
+        # Simulated time: every controller's clock, and where a newly added one starts.
+        self._now = epoch or datetime.now(UTC).replace(microsecond=0)
         self._workers: dict[str, VirtualCml] = {}
         # The app runs in uvicorn's thread while tests and tickers call in from others.
         self._lock = threading.RLock()
@@ -382,7 +383,7 @@ class CmlSimulator:
             raise ValueError(f"worker key must match {KEY_PATTERN.pattern}: {key!r}")
         seed = zlib.crc32(key.encode()) if seed is None else seed
         with self._lock:
-            self._workers[key] = VirtualCml(key, seed, self._epoch)
+            self._workers[key] = VirtualCml(key, seed, self._now)
         return self.worker_url(key)
 
     def remove_worker(self, key: str) -> None:
@@ -414,6 +415,7 @@ class CmlSimulator:
     def tick(self, seconds: float = 60) -> None:
         """Advance every controller's simulated clock by `seconds`."""
         with self._lock:
+            self._now += timedelta(seconds=max(0.0, seconds))
             for cml in self._workers.values():
                 cml.tick(seconds)
 
@@ -423,9 +425,14 @@ class CmlSimulator:
         self, host: str = "127.0.0.1", port: int = 0, *, tick_every: float | None = None
     ) -> CmlSimulator:
         """Serve under uvicorn in a thread; with `tick_every`, tick(60) that often (seconds)."""
-        listener = socket.socket()
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+        # The protocol must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such
+        # sockets, and without it every response waits ~40 ms for a delayed ACK.
+        listener = socket.socket(family, kind, proto)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
+        listener.bind(address)
         self.port = int(listener.getsockname()[1])
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(

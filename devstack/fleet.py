@@ -7,7 +7,7 @@ from typing import Any
 
 from cmlfleet import bootstrap
 from cmlfleet.domain.worker import register_worker
-from cmlfleet.events.envelope import make_event
+from cmlfleet.events.envelope import envelopes
 from cmlfleet.settings import load_settings
 from cmlfleet.timeutil import utc_now
 
@@ -57,16 +57,13 @@ def register_instance(instance: dict[str, Any], name: str, owner: str, region: s
         tags={"Name": name},
     )
     worker = change.worker
-    events = [
-        make_event(
-            payload,
-            worker_id=worker.worker_id,
-            version=worker.version,
-            owner=worker.owner,
-            source=load_settings().event_source,
-        )
-        for payload in change.events
-    ]
+    events = envelopes(
+        change.events,
+        worker_id=worker.worker_id,
+        owner=worker.owner,
+        version=worker.version,
+        source=load_settings().event_source,
+    )
     bootstrap.worker_repository().save(worker, events, expected_version=0)
     return DemoWorker(worker.worker_id, instance["InstanceId"], name, owner)
 

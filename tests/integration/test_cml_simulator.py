@@ -110,6 +110,20 @@ def test_stats_move_after_a_tick(simulator: CmlSimulator, worker: str) -> None:
     assert after.memory_percent != before.memory_percent
 
 
+def test_a_simulator_can_tick_by_itself() -> None:
+    simulator = CmlSimulator().start(tick_every=0.02)
+    try:
+        url = simulator.add_worker("drifting")
+        first = simulator.worker("drifting").now
+        deadline = time.monotonic() + 5
+        while simulator.worker("drifting").now == first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert simulator.worker("drifting").now > first
+        assert stats_of(url).compute_count == 1
+    finally:
+        simulator.stop()
+
+
 def test_labs_come_go_start_and_stop_over_ticks(simulator: CmlSimulator, worker: str) -> None:
     def snapshot() -> set[tuple[str, str, int]]:
         return {(lab.lab_id, lab.state, lab.node_count) for lab in labs_of(worker)}

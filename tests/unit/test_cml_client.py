@@ -300,6 +300,27 @@ def test_a_hanging_endpoint_costs_about_the_timeout_per_attempt() -> None:
     assert run(scenario()).calls == Counter(system_information=2)
 
 
+def test_requests_queued_behind_our_own_do_not_count_against_the_timeout() -> None:
+    in_flight = peak = 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return httpx.Response(200, json={"version": "2.9.0"})
+
+    async def scenario() -> None:
+        # Ten calls through two slots take ~0.1 s, twice the timeout; none may time out.
+        async with client_for(slow, timeout=0.05, max_connections=2) as client:
+            endpoints = [f"https://10.0.2.{n}" for n in range(10)]
+            await asyncio.gather(*(client.system_information(e) for e in endpoints))
+
+    run(scenario())
+    assert peak == 2
+
+
 def test_the_breaker_opens_after_the_threshold_and_then_makes_no_request() -> None:
     clock = FakeClock()
     cml = FakeCml({"system_stats": lambda request: httpx.Response(502)})

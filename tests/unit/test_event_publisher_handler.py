@@ -340,7 +340,7 @@ def test_events_saved_by_the_repository_reach_a_subscriber_through_the_stream(
     ]
     repository.save(change.worker, change_events, expected_version=1)
     batch = stream_batch(fleet_aws)
-    assert len(batch["Records"]) == 5  # two worker writes and three events
+    assert len(batch["Records"]) == 6  # two worker writes, the instance claim, three events
 
     response = handler(batch, lambda_context)
 

@@ -236,7 +236,11 @@ def test_a_terminated_notification_terminates_the_worker_with_both_events(
     assert terminated.type == "worker.terminated"
     assert terminated.data["terminated_by"] == "ec2"
     assert terminated.data["terminated_at"] == "2026-11-30T11:30:00Z"
-    assert updated.workerversion == terminated.workerversion == stored.version
+    # Each event of the change has its own version, the last one the worker's.
+    assert (updated.workerversion, terminated.workerversion) == (
+        stored.version - 1,
+        stored.version,
+    )
     assert [e.type for e in state_events(fleet_aws)].count("worker.terminated") == 1
 
 

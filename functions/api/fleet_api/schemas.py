@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cmlfleet.events.catalog import LabSummary, WorkerView
 from cmlfleet.timeutil import UtcDateTime
 
-TEXT = r"^[^\x00-\x1f\x7f]+$"  # no control characters
+TEXT = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no control characters (C0, DEL, C1)
 
 
 class WorkerCreate(BaseModel):

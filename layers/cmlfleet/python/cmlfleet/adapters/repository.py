@@ -6,7 +6,8 @@ Table layout (one table, `pk`/`sk`):
 - event:   pk=`EVENTS#<yyyymmddHH>`, sk=<event id> (time-ordered), the whole CloudEvent
   in `event`, and `expires_at` for TTL. These items are the outbox: the table's stream
   feeds the publisher, and the same items are the event log the relay replays from;
-- throttle: pk=`THROTTLE`, sk=`labs#<worker id>`, the last manual labs refresh (TTL).
+- throttle: pk=`THROTTLE`, sk=`labs#<worker id>`, the last manual labs refresh (TTL);
+- instance: pk=`INSTANCE`, sk=<instance id>, written with a new worker: one worker each.
 A worker and the events of its change are written in one `TransactWriteItems`.
 (Stream tickets live in the same table too: `adapters/tickets.py`.)
 """
@@ -28,6 +29,7 @@ from cmlfleet.events.envelope import CloudEvent
 
 WORKER_PK = "WORKER"
 THROTTLE_PK = "THROTTLE"
+INSTANCE_PK = "INSTANCE"
 EVENTS_PK_PREFIX = "EVENTS#"
 INSTANCE_INDEX = "ByInstanceId"
 
@@ -37,6 +39,10 @@ _deserializer = TypeDeserializer()
 
 class ConcurrentModificationError(RuntimeError):
     """The worker changed since it was read; reload it and apply the change again."""
+
+
+class InstanceTakenError(RuntimeError):
+    """Another worker already has this EC2 instance."""
 
 
 class WorkerRepository(Protocol):
@@ -53,6 +59,8 @@ class WorkerRepository(Protocol):
     ) -> None: ...
 
     def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool: ...
+
+    def worker_of_instance(self, instance_id: str) -> str | None: ...
 
 
 def event_partition(event: CloudEvent) -> str:
@@ -88,6 +96,16 @@ class DynamoDbWorkerRepository:
         items = response.get("Items", [])
         return _worker_from_item(items[0]) if items else None
 
+    def worker_of_instance(self, instance_id: str) -> str | None:
+        """The id of the worker that claimed the instance (strongly consistent)."""
+        response = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": INSTANCE_PK}, "sk": {"S": instance_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return str(item["worker_id"]["S"]) if item else None
+
     def list_workers(self) -> list[Worker]:
         workers: list[Worker] = []
         paginator = self._client.get_paginator("query")
@@ -104,15 +122,41 @@ class DynamoDbWorkerRepository:
         if worker.version <= expected_version:
             raise ValueError("a saved change must bump the worker's version")
         operations = [self._put_worker(worker, expected_version)]
+        claims_instance = expected_version == 0 and worker.instance_id is not None
+        if claims_instance:
+            # One instance, one worker: the GSI lookup before an import is not atomic,
+            # this conditional write in the same transaction is.
+            operations.append(self._claim_instance(worker))
         operations += [self._put_event(event) for event in events]
         try:
             self._client.transact_write_items(TransactItems=operations)
         except ClientError as error:
-            if _worker_condition_failed(error):
+            failed = _failed_conditions(error)
+            if 0 in failed:
                 raise ConcurrentModificationError(
                     f"worker {worker.worker_id} is no longer at version {expected_version}"
                 ) from error
+            if claims_instance and 1 in failed:
+                raise InstanceTakenError(
+                    f"instance {worker.instance_id} is already a worker"
+                ) from error
             raise
+
+    def _claim_instance(self, worker: Worker) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": _serialize(
+                    {
+                        "pk": INSTANCE_PK,
+                        "sk": worker.instance_id,
+                        "kind": "instance",
+                        "worker_id": worker.worker_id,
+                    }
+                ),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
 
     def claim_labs_refresh(self, worker_id: str, now: float, min_interval: float) -> bool:
         """Atomically take the right to refresh the worker's labs now; False if too soon.
@@ -177,6 +221,7 @@ class InMemoryWorkerRepository:
     workers: dict[str, Worker] = field(default_factory=dict)
     events: list[CloudEvent] = field(default_factory=list)
     claims: dict[str, float] = field(default_factory=dict)
+    instances: set[str] = field(default_factory=set)
 
     def get(self, worker_id: str) -> Worker | None:
         return self.workers.get(worker_id)
@@ -187,12 +232,21 @@ class InMemoryWorkerRepository:
     def list_workers(self) -> list[Worker]:
         return list(self.workers.values())
 
+    def worker_of_instance(self, instance_id: str) -> str | None:
+        return next(
+            (w.worker_id for w in self.workers.values() if w.instance_id == instance_id), None
+        )
+
     def save(self, worker: Worker, events: Sequence[CloudEvent], *, expected_version: int) -> None:
         if worker.version <= expected_version:
             raise ValueError("a saved change must bump the worker's version")
         current = self.workers.get(worker.worker_id)
         if (current.version if current else 0) != expected_version:
             raise ConcurrentModificationError(worker.worker_id)
+        if expected_version == 0 and worker.instance_id is not None:
+            if worker.instance_id in self.instances:
+                raise InstanceTakenError(worker.instance_id)
+            self.instances.add(worker.instance_id)
         self.workers[worker.worker_id] = worker
         self.events.extend(events)
 
@@ -231,8 +285,9 @@ def _decimal_to_number(value: object) -> int | float:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def _worker_condition_failed(error: ClientError) -> bool:
+def _failed_conditions(error: ClientError) -> set[int]:
+    """Which operations of a cancelled transaction failed their condition."""
     if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return False
+        return set()
     reasons = error.response.get("CancellationReasons") or []
-    return bool(reasons) and reasons[0].get("Code") == "ConditionalCheckFailed"
+    return {i for i, r in enumerate(reasons) if (r or {}).get("Code") == "ConditionalCheckFailed"}

@@ -61,6 +61,7 @@ class CmlClient:
         breaker_cooldown: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         lab_concurrency: int = 4,
+        max_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # `credentials` is called at each login, so a rotated secret is picked up.
@@ -72,9 +73,16 @@ class CmlClient:
             timeout=float(timeout),
             transport=transport,
             headers={"Accept": "application/json"},
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
         )
         self._sender = RetryingSender(
-            self._http, timeout=float(timeout), retries=retries, backoff=backoff
+            self._http,
+            timeout=float(timeout),
+            retries=retries,
+            backoff=backoff,
+            max_in_flight=max_connections,
         )
         self._breaker_settings = (breaker_threshold, breaker_cooldown, clock)
         self._breaker = CircuitBreaker(*self._breaker_settings)

@@ -20,10 +20,18 @@ class RetryingSender:
     """Sends requests for `CmlClient`; `calls` counts every attempt, by kind."""
 
     def __init__(
-        self, http: httpx.AsyncClient, *, timeout: float, retries: int, backoff: float
+        self,
+        http: httpx.AsyncClient,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_in_flight: int,
     ) -> None:
         self._http = http
         self._timeout, self._retries, self._backoff = timeout, max(0, retries), backoff
+        self._max_in_flight = max(1, max_in_flight)
+        self._slots: asyncio.Semaphore | None = None
         self.calls: Counter[str] = Counter()
 
     async def send(
@@ -43,14 +51,17 @@ class RetryingSender:
         for attempt in range(self._retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
-            self.calls[kind] += 1
             try:
-                # httpx's timeouts are per phase; this one bounds the whole exchange, so a
-                # server trickling bytes cannot hold a poll longer than `timeout` either.
-                async with asyncio.timeout(self._timeout):
-                    response = await self._http.request(
-                        method, url, headers=headers, params=params, json=json
-                    )
+                # Queue here, before the clock starts: time spent waiting behind our own
+                # requests says nothing about the controller and must not time it out.
+                async with self._in_flight():
+                    self.calls[kind] += 1
+                    # httpx's timeouts are per phase; this one bounds the whole exchange,
+                    # so a server trickling bytes cannot hold a poll past `timeout` either.
+                    async with asyncio.timeout(self._timeout):
+                        response = await self._http.request(
+                            method, url, headers=headers, params=params, json=json
+                        )
             except (TimeoutError, httpx.TimeoutException):
                 failure = CmlError(base, f"timed out after {self._timeout} s")
             except httpx.ConnectError as error:
@@ -63,6 +74,11 @@ class RetryingSender:
                 status = response.status_code
                 failure = CmlError(base, f"HTTP {status} from {kind}", status=status)
         raise failure
+
+    def _in_flight(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made on first use, inside the event loop that uses it
+            self._slots = asyncio.Semaphore(self._max_in_flight)
+        return self._slots
 
 
 def json_body(base: str, kind: str, response: httpx.Response) -> Any:

@@ -47,7 +47,10 @@ def request_stop(worker: Worker, *, by: str, now: datetime) -> Change:
 def request_termination(worker: Worker, *, by: str, now: datetime) -> Change:
     """Terminating is final for the operator: `worker.terminated` is emitted now."""
     change = _move(worker, WorkerStatus.TERMINATING, TERMINABLE, "terminate", by=by, now=now)
-    terminated = change.worker.model_copy(update={"terminated_at": now, "terminated_by": by})
+    terminated = change.worker.model_copy(
+        # A second event, so a second version: every event of a worker has its own.
+        update={"terminated_at": now, "terminated_by": by, "version": change.worker.version + 1}
+    )
     event = WorkerTerminated(worker_id=worker.worker_id, terminated_at=now, terminated_by=by)
     return Change(terminated, [*change.events, event])
 

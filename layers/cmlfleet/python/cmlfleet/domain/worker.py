@@ -147,7 +147,12 @@ def apply_ec2_state(
         "version": worker.version + 1,
     }
     if new_status == WorkerStatus.TERMINATED and worker.terminated_at is None:
-        updates |= {"terminated_at": observed_at, "terminated_by": "ec2"}
+        # Two events (status, terminated): one version each.
+        updates |= {
+            "terminated_at": observed_at,
+            "terminated_by": "ec2",
+            "version": worker.version + 2,
+        }
     changed = worker.model_copy(update=updates)
     events: list[EventData] = [
         WorkerStatusUpdated(

@@ -87,6 +87,22 @@ def make_event(
     )
 
 
+def envelopes(
+    payloads: list[EventData], *, worker_id: str, owner: str, version: int, source: str
+) -> list[CloudEvent]:
+    """Envelopes for the events of one change that brought the worker to `version`.
+
+    A change with several events bumped the version once per event, so each event gets a
+    version of its own, counting up to `version`: a consumer that keeps only newer
+    versions never drops the second event of a change.
+    """
+    first = version - len(payloads) + 1
+    return [
+        make_event(payload, worker_id=worker_id, version=first + index, owner=owner, source=source)
+        for index, payload in enumerate(payloads)
+    ]
+
+
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False)[:5]:

@@ -23,7 +23,7 @@ from cmlfleet.domain.load import MetricsPolicy, MetricsSample, apply_labs, apply
 from cmlfleet.domain.status import WorkerStatus
 from cmlfleet.domain.worker import Change, Worker
 from cmlfleet.events.catalog import LabSummary
-from cmlfleet.events.envelope import make_event
+from cmlfleet.events.envelope import envelopes
 
 logger = Logger(child=True)
 MAX_SAVE_ATTEMPTS = 4
@@ -228,16 +228,13 @@ def _save_with_retries(
         change = decide(worker)
         if change is None:
             return False
-        events = [
-            make_event(
-                payload,
-                worker_id=worker.worker_id,
-                version=change.worker.version,
-                owner=worker.owner,
-                source=source,
-            )
-            for payload in change.events
-        ]
+        events = envelopes(
+            change.events,
+            worker_id=worker.worker_id,
+            owner=worker.owner,
+            version=change.worker.version,
+            source=source,
+        )
         try:
             repository.save(change.worker, events, expected_version=worker.version)
         except ConcurrentModificationError:

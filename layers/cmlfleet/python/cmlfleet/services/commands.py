@@ -13,7 +13,11 @@ from datetime import datetime
 
 from cmlfleet.access import Action, may, may_see, visible_view
 from cmlfleet.adapters.ec2 import WORKER_ID_TAG, CloudError, Ec2Fleet, LaunchSpec
-from cmlfleet.adapters.repository import ConcurrentModificationError, WorkerRepository
+from cmlfleet.adapters.repository import (
+    ConcurrentModificationError,
+    InstanceTakenError,
+    WorkerRepository,
+)
 from cmlfleet.domain.lifecycle import (
     IllegalTransitionError,
     request_start,
@@ -23,7 +27,7 @@ from cmlfleet.domain.lifecycle import (
 from cmlfleet.domain.status import WorkerStatus
 from cmlfleet.domain.worker import Change, Worker, register_worker
 from cmlfleet.events.catalog import WorkerView
-from cmlfleet.events.envelope import make_event
+from cmlfleet.events.envelope import envelopes
 from cmlfleet.identity import Principal
 from cmlfleet.ids import new_worker_id
 from cmlfleet.timeutil import utc_now
@@ -132,7 +136,7 @@ class WorkerCommands:
         worker_id = new_worker_id()
         change = register_worker(
             worker_id=worker_id,
-            name=name or instance.tags.get("Name") or instance_id,
+            name=name or _name_from_tag(instance.tags.get("Name")) or instance_id,
             owner=owner or principal.username,
             now=self._clock(),
             instance_id=instance_id,
@@ -143,8 +147,16 @@ class WorkerCommands:
             private_ip=instance.private_ip,
             tags=instance.tags,
         )
+        # Tag first: if AWS refuses, nothing is saved.
         self._fleet.tag(instance_id, {WORKER_ID_TAG: worker_id})
-        self._save(change, expected_version=0)
+        try:
+            self._save(change, expected_version=0)
+        except InstanceTakenError:
+            # Another import won the race (and may have tagged before us): its tag stands.
+            winner = self._repository.worker_of_instance(instance_id)
+            if winner is not None:
+                self._fleet.tag(instance_id, {WORKER_ID_TAG: winner})
+            raise AlreadyRegisteredError(f"instance {instance_id} is already a worker") from None
         return change.worker.view()
 
     def start(self, principal: Principal, worker_id: str) -> WorkerView:
@@ -198,16 +210,13 @@ class WorkerCommands:
 
     def _save(self, change: Change, *, expected_version: int) -> None:
         worker = change.worker
-        events = [
-            make_event(
-                payload,
-                worker_id=worker.worker_id,
-                version=worker.version,
-                owner=worker.owner,
-                source=self._source,
-            )
-            for payload in change.events
-        ]
+        events = envelopes(
+            change.events,
+            worker_id=worker.worker_id,
+            owner=worker.owner,
+            version=worker.version,
+            source=self._source,
+        )
         self._repository.save(worker, events, expected_version=expected_version)
 
 
@@ -222,3 +231,11 @@ def find_visible(repository: WorkerRepository, principal: Principal, worker_id: 
 def authorize(principal: Principal, action: Action) -> None:
     if not may(principal, action):
         raise ForbiddenError(f"role {principal.role} may not {action.value.replace('_', ' ')}")
+
+
+def _name_from_tag(tag: str | None) -> str | None:
+    """A worker name from an EC2 `Name` tag: printable, at most 64 characters."""
+    if not tag:
+        return None
+    cleaned = "".join(ch for ch in tag if ch.isprintable()).strip()[:64].strip()
+    return cleaned or None

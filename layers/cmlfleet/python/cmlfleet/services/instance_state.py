@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cmlfleet.adapters.repository import ConcurrentModificationError, WorkerRepository
 from cmlfleet.domain.worker import Worker, apply_ec2_state
-from cmlfleet.events.envelope import make_event
+from cmlfleet.events.envelope import envelopes
 from cmlfleet.timeutil import UtcDateTime, utc_now
 
 logger = Logger(child=True)
@@ -94,16 +94,13 @@ def record_state_change(
         if change is None:
             outcome.version = worker.version
             return outcome
-        events = [
-            make_event(
-                payload,
-                worker_id=worker.worker_id,
-                version=change.worker.version,
-                owner=worker.owner,
-                source=source,
-            )
-            for payload in change.events
-        ]
+        events = envelopes(
+            change.events,
+            worker_id=worker.worker_id,
+            owner=worker.owner,
+            version=change.worker.version,
+            source=source,
+        )
         try:
             repository.save(change.worker, events, expected_version=worker.version)
         except ConcurrentModificationError:
