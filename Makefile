@@ -8,7 +8,7 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast run event token bench clean lock
+.PHONY: help venv lint typecheck test test-fast run event token bench bench-jobs bench-local clean lock
 
 help:
 	@echo "make run    start the local stack (moto, simulated fleet, relay) and print where to connect"
@@ -48,7 +48,12 @@ token: $(STAMP)
 event: $(STAMP)
 	$(PY) -m devstack ec2-event $(ARGS)
 
-bench: $(STAMP)
+bench: bench-jobs bench-local
+
+bench-jobs: $(STAMP)
+	$(PY) -m benchmarks.jobs --workers 1000
+
+bench-local: $(STAMP)
 	$(PY) -m benchmarks.local_latency
 
 lock: $(STAMP)

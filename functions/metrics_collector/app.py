@@ -38,7 +38,8 @@ async def run() -> RunResult:
                 timedelta(seconds=settings.metrics_keepalive_seconds),
             ),
             concurrency=settings.cml_concurrency,
-            cml_deadline=settings.cml_timeout_seconds * 2,
+            # Long enough for the client's own retries, so its circuit breaker sees a hang.
+            cml_deadline=settings.cml_timeout_seconds * 3 + 1,
         )
 
 
