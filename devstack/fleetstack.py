@@ -84,6 +84,7 @@ class FleetStack:
         self.simulator.start()
         relay_env = stack.environment() | {
             "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
+            "TABLE_NAME": stack.outputs["WorkersTableName"],
             "RELAY_DLQ_ARN": stack.outputs["RelayDeadLetterQueueArn"],
             "RELAY_POLL_WAIT_SECONDS": "2",
             "HEARTBEAT_SECONDS": str(self.heartbeat_seconds),

@@ -20,6 +20,7 @@ from cmlfleet.adapters import aws
 from cmlfleet.settings import ConfigurationError
 from relay.app import Relay, create_app
 from relay.bus import SqsEventBus
+from relay.history import DynamoDbEventLog
 from relay.settings import RelaySettings, load_relay_settings
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -67,7 +68,12 @@ def main() -> int:
     except ConfigurationError as error:
         print(f"relay: {error}", file=sys.stderr)
         return 2
-    app = create_app(settings, build_bus(settings))
+    event_log = (
+        DynamoDbEventLog(settings.table_name, aws.client("dynamodb"), settings.relay_replay_max)
+        if settings.table_name
+        else None
+    )
+    app = create_app(settings, build_bus(settings), event_log)
     config = uvicorn.Config(
         app,
         host=settings.relay_host,

@@ -12,10 +12,11 @@ from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from cmlfleet.events.catalog import Connected, Heartbeat, SseShutdown
+from cmlfleet.events.catalog import Connected, Heartbeat, ReplayOutcome, Resync, SseShutdown
 from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.timeutil import utc_now
 from relay.frames import bus_event_frame, relay_event_frame
+from relay.history import DynamoDbEventLog, EventRing, Replay
 from relay.hub import Hub, Subscription, SubscriptionClosedError
 from relay.response import EventStreamResponse
 from relay.settings import RelaySettings
@@ -36,16 +37,56 @@ class EventBus(Protocol):
 class Relay:
     """The running relay: the hub, the bus feeding it, and the shutdown sequence."""
 
-    def __init__(self, settings: RelaySettings, bus: EventBus) -> None:
+    def __init__(
+        self, settings: RelaySettings, bus: EventBus, event_log: DynamoDbEventLog | None = None
+    ) -> None:
         self.settings = settings
         self.bus = bus
         self.hub = Hub(settings.relay_client_buffer)
+        self.ring = EventRing(settings.relay_ring_size)
+        self.event_log = event_log
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.bus.open)
+        await self._warm_ring()
         self.bus.start(self._from_bus_thread)
+
+    async def _warm_ring(self) -> None:
+        """A restarted relay knows the recent past, so its clients' cursors are found."""
+        if self.event_log is None:
+            return
+        try:
+            recent = await asyncio.to_thread(
+                self.event_log.latest, utc_now(), min(self.settings.relay_ring_size, 2000)
+            )
+        except Exception:
+            logger.exception("could not warm the replay ring from the event log")
+            return
+        for event in recent:
+            self.ring.add(event)
+        logger.info("replay ring warmed", events=len(recent))
+
+    async def replay(self, cursor: str | None) -> Replay:
+        """What a client that last saw `cursor` missed, from the ring or the event log."""
+        if not cursor:
+            return Replay("none", [])
+        missed = self.ring.after(cursor)
+        if missed is not None:
+            self.hub.stats["replay_ring_hits"] += 1
+            return Replay("replayed", missed)
+        if self.event_log is not None:
+            try:
+                logged = await asyncio.to_thread(self.event_log.after, cursor, utc_now())
+            except Exception:
+                logger.exception("event log unavailable for replay")
+                logged = None
+            if logged is not None:
+                self.hub.stats["replay_log_hits"] += 1
+                return Replay("replayed", logged)
+        self.hub.stats["replay_misses"] += 1
+        return Replay("resync", [], "the events after your last one are no longer kept")
 
     async def stop(self) -> None:
         self.begin_shutdown()
@@ -62,6 +103,9 @@ class Relay:
 
     def publish(self, events: list[CloudEvent]) -> None:
         for event in events:
+            if not self.ring.add(event):
+                self.hub.stats["duplicates_dropped"] += 1  # SNS and SQS deliver at least once
+                continue
             try:
                 frame = bus_event_frame(event)
             except FrameError:
@@ -70,7 +114,7 @@ class Relay:
                 logger.exception("event cannot be framed; skipped", event_id=repr(event.id))
                 self.hub.stats["events_unframeable"] += 1
                 continue
-            self.hub.publish(frame)
+            self.hub.publish(frame, event.id)
 
     def _from_bus_thread(self, events: list[CloudEvent]) -> None:
         assert self._loop is not None
@@ -85,9 +129,11 @@ class Relay:
         return relay_event_frame(payload, retry_ms=delay)
 
 
-def create_app(settings: RelaySettings, bus: EventBus) -> FastAPI:
+def create_app(
+    settings: RelaySettings, bus: EventBus, event_log: DynamoDbEventLog | None = None
+) -> FastAPI:
     """The relay application; `bus` is the SQS bus in production, anything alike in tests."""
-    relay = Relay(settings, bus)
+    relay = Relay(settings, bus, event_log)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -101,15 +147,21 @@ def create_app(settings: RelaySettings, bus: EventBus) -> FastAPI:
     app.state.relay = relay
 
     @app.get("/api/events/stream", response_model=None)
-    async def stream(request: Request) -> Response:
-        """The live event stream (text/event-stream)."""
+    async def stream(request: Request, last_event_id: str | None = None) -> Response:
+        """The live event stream (text/event-stream).
+
+        `Last-Event-ID` (sent by EventSource when it reconnects), or `last_event_id` for a
+        first connect, replays what the client missed before live events follow.
+        """
         if not relay.hub.accepting:
             return JSONResponse(
                 {"error": "relay is shutting down"}, status_code=503, headers={"Retry-After": "1"}
             )
+        cursor = (request.headers.get("last-event-id") or last_event_id or "").strip()[:128]
+        # Registered for live events before history is read: nothing falls in the gap.
         subscription = relay.hub.subscribe()
         return EventStreamResponse(
-            _frames(relay, subscription),
+            _frames(relay, subscription, cursor or None),
             headers=STREAM_HEADERS,
             send_timeout=settings.relay_send_timeout_seconds,
             on_send_timeout=lambda: relay.hub.stats.update(["cutoffs_send_timeout"]),
@@ -135,17 +187,28 @@ def create_app(settings: RelaySettings, bus: EventBus) -> FastAPI:
     return app
 
 
-async def _frames(relay: Relay, subscription: Subscription) -> AsyncIterator[bytes]:
+async def _frames(
+    relay: Relay, subscription: Subscription, cursor: str | None
+) -> AsyncIterator[bytes]:
     settings = relay.settings
     try:
+        replay = await relay.replay(cursor)
+        subscription.skip({event.id for event in replay.events})
         yield relay_event_frame(
             Connected(
                 client_id=subscription.client_id,
                 server_time=utc_now(),
                 heartbeat_seconds=settings.heartbeat_seconds,
+                replay=ReplayOutcome(
+                    requested=cursor, status=replay.status, replayed=len(replay.events)
+                ),
             ),
             retry_ms=settings.relay_retry_ms,
         )
+        if replay.status == "resync":
+            yield relay_event_frame(Resync(reason=replay.reason))
+        for start in range(0, len(replay.events), 100):
+            yield b"".join(bus_event_frame(e) for e in replay.events[start : start + 100])
         while True:
             try:
                 frames = await subscription.next_frames(settings.heartbeat_seconds)

@@ -28,23 +28,33 @@ class Subscription:
     def __init__(self, limit: int) -> None:
         self.client_id = uuid.uuid4().hex
         self._limit = limit
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[tuple[str | None, bytes]] = deque()
         self._wakeup = asyncio.Event()
         self._closed: SubscriptionClosedError | None = None
+        self._skip: set[str] = set()
 
     @property
     def closed(self) -> bool:
         return self._closed is not None
 
-    def offer(self, frame: bytes) -> bool:
+    def offer(self, frame: bytes, event_id: str | None = None) -> bool:
         """Queue a frame; `False` if the buffer is full (the caller decides what follows)."""
-        if self._closed is not None:
+        if self._closed is not None or (event_id is not None and event_id in self._skip):
             return True
         if len(self._frames) >= self._limit:
             return False
-        self._frames.append(frame)
+        self._frames.append((event_id, frame))
         self._wakeup.set()
         return True
+
+    def skip(self, event_ids: set[str]) -> None:
+        """Never deliver these events live: the client got them by replay.
+
+        The subscription is registered before history is read, so an event can arrive
+        both ways; this drops the live copy, queued or yet to come.
+        """
+        self._skip |= event_ids
+        self._frames = deque((i, f) for i, f in self._frames if i is None or i not in self._skip)
 
     def close(self, reason: str, final_frame: bytes | None = None) -> None:
         """End the subscription after what is queued; `final_frame` goes out last."""
@@ -66,7 +76,7 @@ class Subscription:
                 return []
         if self._closed is not None and (self._closed.reason != "shutdown" or not self._frames):
             raise self._closed
-        frames = list(self._frames)
+        frames = [frame for _, frame in self._frames]
         self._frames.clear()
         return frames
 
@@ -96,11 +106,11 @@ class Hub:
         if self._subscriptions.pop(subscription.client_id, None) is not None:
             self.stats["disconnects"] += 1
 
-    def publish(self, frame: bytes) -> None:
+    def publish(self, frame: bytes, event_id: str | None = None) -> None:
         """Offer one frame to every subscriber; cut off those that cannot take it."""
         self.stats["published"] += 1
         for subscription in list(self._subscriptions.values()):
-            if subscription.offer(frame):
+            if subscription.offer(frame, event_id):
                 self.stats["deliveries"] += 1
             else:
                 self.stats["cutoffs_slow_client"] += 1

@@ -29,6 +29,9 @@ class RelaySettings(BaseSettings):
     relay_shutdown_min_ms: int = Field(default=500, ge=0)
     relay_shutdown_max_ms: int = Field(default=5000, ge=0)
     relay_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    table_name: str | None = Field(default=None, description="the event log, for replay")
+    relay_ring_size: int = Field(default=10_000, ge=10, le=1_000_000)
+    relay_replay_max: int = Field(default=5000, ge=1, le=100_000)
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
     relay_log_level: str = Field(default="info", pattern=r"^(critical|error|warning|info|debug)$")

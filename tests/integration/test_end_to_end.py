@@ -4,6 +4,7 @@ under uvicorn, and an SSE client over HTTP. An EC2 state change becomes a frame.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,13 +33,17 @@ def stack() -> Iterator[LocalStack]:
         bootstrap.reset()
 
 
-@pytest.fixture(scope="module")
-def relay(stack: LocalStack) -> Iterator[RelayProcess]:
-    environment = stack.environment() | {
+def relay_environment(stack: LocalStack) -> dict[str, str]:
+    return stack.environment() | {
         "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
+        "TABLE_NAME": stack.outputs["WorkersTableName"],
         "RELAY_POLL_WAIT_SECONDS": "1",
     }
-    process = RelayProcess(environment, port=free_port()).start()
+
+
+@pytest.fixture(scope="module")
+def relay(stack: LocalStack) -> Iterator[RelayProcess]:
+    process = RelayProcess(relay_environment(stack), port=free_port()).start()
     try:
         yield process
     finally:
@@ -101,12 +106,12 @@ def test_a_terminated_instance_yields_a_status_update_and_a_termination_in_order
         ("worker.created", None, 1),
         ("worker.status.updated", "terminating", 2),
         ("worker.status.updated", "terminated", 3),
-        ("worker.terminated", None, 3),
+        ("worker.terminated", None, 4),  # each event of a change has its own version
     ]
     stored = bootstrap.worker_repository().get(worker.worker_id)
     assert stored is not None
     assert stored.status == "terminated"
-    assert stored.version == 3
+    assert stored.version == 4
     assert stored.terminated_by == "ec2"
 
 
@@ -132,3 +137,49 @@ def test_events_for_instances_that_are_not_workers_are_ignored(
         first = stream.wait_for(lambda e: e.event == "worker.status.updated", timeout=30)
     # Events are handled in order: had the stranger's produced anything, it would be first.
     assert first.json()["worker_id"] == tracked.worker_id
+
+
+def test_a_client_resumes_after_a_relay_restart_with_exactly_the_events_it_missed(
+    stack: LocalStack,
+) -> None:
+    instance = launch_instance(stack.client("ec2"), "e2e-resume", "fay")
+    worker = register_instance(instance, "e2e-resume", "fay", stack.region)
+    events = stack.client("events")
+    repository = bootstrap.worker_repository()
+
+    def report(state: str, version: int) -> None:
+        put_state_change(events, worker.instance_id, state, region=stack.region, account=ACCOUNT_ID)
+        deadline = time.monotonic() + 30
+        while repository.get(worker.worker_id).version < version:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"{state} never applied"
+            time.sleep(0.05)
+
+    def mine(event: SseEvent) -> bool:
+        return (
+            event.event == "worker.status.updated" and event.json()["worker_id"] == worker.worker_id
+        )
+
+    first = RelayProcess(relay_environment(stack), port=free_port()).start()
+    try:
+        with SseStream(f"{first.url}/api/events/stream") as stream:
+            stream.next()
+            report("stopping", 2)
+            last = stream.wait_for(mine, timeout=30).id
+    finally:
+        first.stop()
+    report("stopped", 3)  # while no relay runs
+    report("pending", 4)
+    second = RelayProcess(relay_environment(stack), port=free_port()).start()
+    try:
+        with SseStream(
+            f"{second.url}/api/events/stream", headers={"Last-Event-ID": str(last)}
+        ) as stream:
+            connected = stream.next()
+            assert connected.json()["replay"]["status"] == "replayed"
+            report("running", 5)
+            got = [stream.wait_for(mine, timeout=30) for _ in range(3)]
+    finally:
+        second.stop()
+    assert [e.json()["data"]["new_status"] for e in got] == ["stopped", "pending", "running"]
+    assert [e.json()["version"] for e in got] == [3, 4, 5]
+    assert len({e.id for e in got}) == 3

@@ -194,3 +194,52 @@ def test_the_health_check_fails_when_the_bus_has_been_silent_too_long(
     response = httpx.get(f"{relay.url}/api/events/health", timeout=5)
     assert response.status_code == 503
     assert response.json()["status"] == "bus_unavailable"
+
+
+def status_event(version: int) -> CloudEvent:
+    return big_event(version, 10)
+
+
+def test_a_client_that_comes_back_with_its_last_id_gets_exactly_what_it_missed(
+    relay_thread: Callable[..., RelayThread],
+) -> None:
+    relay = relay_thread()
+    sent = [status_event(v) for v in range(2, 8)]
+    with SseStream(f"{relay.url}/api/events/stream") as first:
+        assert first.next().event == "connected"
+        relay.publish(sent[:2])
+        seen = first.collect(2, event_type="worker.status.updated")
+    last = seen[-1].id
+    relay.publish(sent[2:5])  # missed while away
+    with SseStream(f"{relay.url}/api/events/stream", headers={"Last-Event-ID": str(last)}) as back:
+        connected = back.next()
+        assert connected.json()["replay"] == {
+            "requested": last,
+            "status": "replayed",
+            "replayed": 3,
+        }
+        relay.publish(sent[5:])  # live, after the replay
+        got = back.collect(4, event_type="worker.status.updated")
+    assert [e.id for e in got] == [e.id for e in sent[2:]]
+
+
+def test_an_unknown_cursor_gets_resync(relay_thread: Callable[..., RelayThread]) -> None:
+    relay = relay_thread()
+    with SseStream(f"{relay.url}/api/events/stream?last_event_id=nope") as stream:
+        connected = stream.next()
+        assert connected.json()["replay"]["status"] == "resync"
+        assert stream.next().event == "resync"
+
+
+def test_a_duplicate_delivery_from_the_bus_reaches_clients_once(
+    relay_thread: Callable[..., RelayThread],
+) -> None:
+    relay = relay_thread()
+    event, after = status_event(2), status_event(3)
+    with SseStream(f"{relay.url}/api/events/stream") as stream:
+        stream.next()
+        relay.publish([event, event])
+        relay.publish([after])
+        got = stream.collect(2, event_type="worker.status.updated")
+    assert [e.id for e in got] == [event.id, after.id]
+    assert relay.health()["stats"]["duplicates_dropped"] == 1
