@@ -191,15 +191,24 @@ class LocalStack:
             worker.join(timeout=5)
         self._workers.clear()
         if self._server is not None:
+            try:
+                self._moto_api("reset", None)  # leave no state behind for the next stack
+            except OSError:
+                log.warning("could not reset moto at stop")
             self._server.stop()
             self._server = None
 
     def _configure_moto(self) -> None:
+        # moto keeps its state per process, not per server: start from a clean slate.
+        self._moto_api("reset", None)
+        self._moto_api("config", {"lambda": {"use_docker": False}})
+
+    def _moto_api(self, path: str, body: dict[str, Any] | None) -> None:
         import urllib.request
 
         request = urllib.request.Request(  # noqa: S310 - our own loopback moto server
-            f"{self.endpoint}/moto-api/config",
-            data=json.dumps({"lambda": {"use_docker": False}}).encode(),
+            f"{self.endpoint}/moto-api/{path}",
+            data=json.dumps(body).encode() if body is not None else b"",
             method="POST",
         )
         urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
