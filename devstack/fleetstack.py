@@ -51,6 +51,7 @@ class FleetStack:
     def start(self, before_simulation: Any = None) -> FleetStack:
         """Start everything; `before_simulation(stack)` runs while EC2 is still quiet."""
         self.port = self.port or free_port(self.host)
+        _forget_api_adapters()
         self.issuer = DevelopmentIssuer(f"{self.url}/auth", DEV_AUDIENCE)
         self.cml = cml = CmlSimulator().start(tick_every=60 / self.schedule_speedup)
         parameters = LOCAL_PARAMETERS | {
@@ -90,7 +91,9 @@ class FleetStack:
             "HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
             "RELAY_LOG_LEVEL": "warning",
         }
-        self.relay = RelayProcess(relay_env, port=free_port(), output=self.relay_output).start()
+        # Kept before it is ready, so a relay that fails to start is still stopped.
+        self.relay = RelayProcess(relay_env, port=free_port(), output=self.relay_output)
+        self.relay.start()
         self._serve_origin(stack)
         if self.run_schedules:
             stack.start_schedules()
@@ -148,3 +151,17 @@ class FleetStack:
             self.stack.stop()
         if self.cml is not None:
             self.cml.stop()
+        _forget_api_adapters()
+
+
+def _forget_api_adapters() -> None:
+    """The API's adapters are cached per process; a new stack must not reuse the last one's."""
+    import sys
+
+    for module_name, function_name in (
+        ("fleet_api.deps", "build_container"),
+        ("fleet_api.settings", "load_api_settings"),
+    ):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            getattr(module, function_name).cache_clear()

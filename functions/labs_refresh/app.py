@@ -21,7 +21,8 @@ metrics = Metrics()
 
 async def run() -> RunResult:
     settings = load_settings()
-    async with bootstrap.cml_client() as cml:
+    credentials = await asyncio.to_thread(bootstrap.cml_credentials)
+    async with bootstrap.cml_client(credentials) as cml:
         return await refresh_labs(
             bootstrap.worker_repository(),
             cml,

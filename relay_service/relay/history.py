@@ -123,4 +123,3 @@ class DynamoDbEventLog:
                 break
             request["ExclusiveStartKey"] = token
         return sorted(events, key=lambda e: e.id) if newest else events
-

@@ -53,7 +53,16 @@ class Api:
     def launch_instance(self, state: str = "running") -> str:
         """An EC2 instance that is not (yet) a worker."""
         instance_id: str = self.ec2.run_instances(
-            ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="c5.large"
+            ImageId=AMI,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="c5.large",
+            TagSpecifications=[
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": "cmlfleet:importable", "Value": "true"}],
+                }
+            ],
         )["Instances"][0]["InstanceId"]
         if state == "stopped":
             self.ec2.stop_instances(InstanceIds=[instance_id])

@@ -378,7 +378,8 @@ def test_claims_without_a_known_role_make_no_principal(groups: Any) -> None:
     ("claims", "username"),
     [
         ({"cognito:username": "ada", "preferred_username": "lovelace"}, "ada"),
-        ({"preferred_username": "lovelace", "username": "al"}, "lovelace"),
+        ({"preferred_username": "lovelace", "username": "al"}, "al"),
+        ({"preferred_username": "alice"}, "subject-1"),  # user-editable: never an owner
         ({"username": "al"}, "al"),
         ({}, "subject-1"),
         ({"cognito:username": ""}, "subject-1"),

@@ -270,3 +270,63 @@ def test_an_impossible_answer_counts_as_that_workers_failure(value: float) -> No
     result = collect(repository, cml)
     assert len(result.failed) == 2
     assert all(w.cpu_utilization is None for w in repository.list_workers())
+
+
+class BrokenCloudWatch:
+    calls = 0
+
+    def latest(self, instance_ids: list[str], now: datetime) -> dict[str, Any]:
+        raise RuntimeError("CloudWatch throttled us")
+
+
+def test_a_cloudwatch_failure_still_records_what_cml_says() -> None:
+    repository = fleet(2)
+    result = asyncio.run(
+        collect_metrics(
+            repository,
+            BrokenCloudWatch(),
+            FakeCml(),  # type: ignore[arg-type]
+            endpoint_for=endpoint,
+            now=NOW,
+            source="urn:test",
+        )
+    )
+    assert result.errors == ["CloudWatch: CloudWatch throttled us"]
+    assert result.saved == 2
+    assert all(w.running_nodes == 4 for w in repository.list_workers())
+
+
+def test_a_bad_endpoint_template_fails_its_workers_not_the_run() -> None:
+    repository = fleet(2)
+
+    def broken(worker: Worker) -> str:
+        return "https://{port}".format(**{"private_ip": "x"})
+
+    result = asyncio.run(
+        collect_metrics(
+            repository,
+            NoCloudWatch(),
+            FakeCml(),  # type: ignore[arg-type]
+            endpoint_for=broken,
+            now=NOW,
+            source="urn:test",
+        )
+    )
+    assert len(result.failed) == 2
+    assert all("bad CML endpoint template" in reason for reason in result.failed.values())
+
+
+def test_a_save_that_fails_is_that_workers_failure_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    repository = fleet(3)
+    victim = repository.list_workers()[0].worker_id
+    original = repository.save
+
+    def save(worker: Worker, *args: Any, **kwargs: Any) -> None:
+        if worker.worker_id == victim:
+            raise RuntimeError("item too large")
+        original(worker, *args, **kwargs)
+
+    monkeypatch.setattr(repository, "save", save)
+    result = collect(repository, FakeCml())
+    assert result.failed == {victim: "save failed: item too large"}
+    assert result.saved == 2

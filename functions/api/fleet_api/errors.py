@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cmlfleet.adapters.ec2 import CloudError
+from cmlfleet.adapters.repository import ConcurrentModificationError
 from cmlfleet.domain.lifecycle import IllegalTransitionError
 from cmlfleet.services.commands import (
     AlreadyRegisteredError,
@@ -53,6 +54,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return respond(
             409, "illegal_transition", str(error), worker_status=error.worker.status.value
         )
+
+    @app.exception_handler(ConcurrentModificationError)
+    async def conflict(_: Request, error: ConcurrentModificationError) -> JSONResponse:
+        return respond(409, "conflict", "the worker changed while this request ran; retry")
 
     @app.exception_handler(AlreadyRegisteredError)
     async def duplicate(_: Request, error: AlreadyRegisteredError) -> JSONResponse:

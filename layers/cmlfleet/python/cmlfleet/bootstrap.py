@@ -75,11 +75,15 @@ def cml_endpoint(worker: Worker) -> str | None:
     return template.format(**{k: v or "" for k, v in fields.items()})
 
 
-def cml_client() -> CmlClient:
-    """A CML client for one invocation's event loop; tokens are kept across invocations."""
+def cml_client(credentials: CmlCredentials | None = None) -> CmlClient:
+    """A CML client for one invocation's event loop; tokens are kept across invocations.
+
+    Pass the credentials when calling from a running loop (fetch them with
+    `asyncio.to_thread(cml_credentials)`): the secret lookup blocks.
+    """
     settings = load_settings()
     client = CmlClient(
-        cml_credentials,
+        (lambda: credentials) if credentials is not None else cml_credentials,
         timeout=settings.cml_timeout_seconds,
         verify_tls=settings.cml_verify_tls,
     )

@@ -17,7 +17,9 @@ from jwt import PyJWKClient
 
 ALGORITHMS = ["RS256"]
 CLOCK_SKEW_SECONDS = 30
-USERNAME_CLAIMS = ("cognito:username", "preferred_username", "username", "sub")
+# Ownership is decided by this name, so only claims the issuer asserts count: never
+# `preferred_username`, which many identity providers let the user edit.
+USERNAME_CLAIMS = ("cognito:username", "username", "sub")
 
 
 class Role(StrEnum):
@@ -70,6 +72,9 @@ class JwksSigningKeys:
             raise AuthenticationError("the identity provider's keys are unavailable") from None
         except jwt.PyJWKClientError:
             raise AuthenticationError("token signed with an unknown key") from None
+        except (jwt.PyJWTError, ValueError):
+            # An empty or garbled key set (say an HTML error page) must not become a 500.
+            raise AuthenticationError("the identity provider's keys are unusable") from None
 
 
 class StaticSigningKeys:

@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 
 WORKER_ID_TAG = "cmlfleet:worker-id"
 OWNER_TAG = "cmlfleet:owner"
+IMPORTABLE_TAG = "cmlfleet:importable"  # set by the account owner on instances that may join
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 
 

@@ -57,6 +57,7 @@ class RunResult:
     saved: int = 0
     unchanged: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # run-wide problems (not one worker's)
     aws_calls: int = 0
     cml_calls: int = 0
 
@@ -89,9 +90,14 @@ async def collect_metrics(
     if not workers:
         return result
     calls_before = cloudwatch.calls
-    loads = await asyncio.to_thread(
-        cloudwatch.latest, [w.instance_id for w in workers if w.instance_id], now
-    )
+    try:
+        loads = await asyncio.to_thread(
+            cloudwatch.latest, [w.instance_id for w in workers if w.instance_id], now
+        )
+    except Exception as error:  # CloudWatch down: still record what CML says
+        logger.exception("reading CloudWatch failed; continuing with the CML numbers")
+        result.errors.append(f"CloudWatch: {error}")
+        loads = {}
     result.aws_calls = cloudwatch.calls - calls_before
     stats = await _each(
         workers,
@@ -104,8 +110,8 @@ async def collect_metrics(
     for worker in workers:
         load = loads.get(worker.instance_id or "", InstanceLoad())
         sample = _sample(now, load, stats.get(worker.worker_id))
-        saved = await asyncio.to_thread(
-            _save_with_retries,
+        saved = await _save_isolated(
+            result,
             repository,
             worker,
             partial(_metrics_change, sample=sample, policy=policy),
@@ -144,8 +150,8 @@ async def refresh_labs(
         if worker.worker_id not in labs:
             continue
         found: list[LabSummary] = labs[worker.worker_id]
-        saved = await asyncio.to_thread(
-            _save_with_retries,
+        saved = await _save_isolated(
+            result,
             repository,
             worker,
             partial(apply_labs, labs=found, now=now, trigger=trigger),
@@ -171,7 +177,11 @@ async def _each(
     answers: dict[str, Any] = {}
 
     async def one(worker: Worker) -> None:
-        endpoint = endpoint_for(worker)
+        try:
+            endpoint = endpoint_for(worker)
+        except (KeyError, ValueError, IndexError) as error:
+            result.failed[worker.worker_id] = f"bad CML endpoint template: {error!r}"
+            return
         if endpoint is None:
             result.failed[worker.worker_id] = "no CML endpoint (no private IP yet)"
             return
@@ -201,6 +211,22 @@ def _sample(now: datetime, load: InstanceLoad, stats: Any) -> MetricsSample:
         running_nodes=_get(stats, "running_nodes"),
         total_nodes=_get(stats, "total_nodes"),
     )
+
+
+async def _save_isolated(
+    result: RunResult,
+    repository: WorkerRepository,
+    worker: Worker,
+    decide: Callable[[Worker], Change | None],
+    source: str,
+) -> bool:
+    """Save one worker's change; a failure is that worker's, never the run's."""
+    try:
+        return await asyncio.to_thread(_save_with_retries, repository, worker, decide, source)
+    except Exception as error:
+        logger.exception("saving a worker failed", worker_id=worker.worker_id)
+        result.failed[worker.worker_id] = f"save failed: {error}"
+        return False
 
 
 def _metrics_change(

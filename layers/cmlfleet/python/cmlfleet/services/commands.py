@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cmlfleet.access import Action, may, may_see, visible_view
-from cmlfleet.adapters.ec2 import WORKER_ID_TAG, CloudError, Ec2Fleet, LaunchSpec
+from cmlfleet.adapters.ec2 import (
+    IMPORTABLE_TAG,
+    WORKER_ID_TAG,
+    CloudError,
+    Ec2Fleet,
+    LaunchSpec,
+)
 from cmlfleet.adapters.repository import (
     ConcurrentModificationError,
     InstanceTakenError,
@@ -121,7 +127,12 @@ class WorkerCommands:
             private_ip=instance.private_ip,
             tags=instance.tags,
         )
-        self._save(change, expected_version=0)
+        try:
+            self._save(change, expected_version=0)
+        except Exception:
+            # Never leave an instance running that no worker tracks: undo the launch.
+            self._fleet.terminate(instance.instance_id)
+            raise
         return change.worker.view()
 
     def import_instance(
@@ -133,6 +144,12 @@ class WorkerCommands:
         instance = self._fleet.describe(instance_id)
         if instance.state in ("shutting-down", "terminated"):
             raise NotImportableError(f"instance {instance_id} is {instance.state}")
+        if instance.tags.get(IMPORTABLE_TAG) != "true":
+            # The account owner opts an instance in; the API's IAM role may tag (and then
+            # operate) only instances that carry this tag.
+            raise NotImportableError(
+                f"instance {instance_id} lacks the tag {IMPORTABLE_TAG}=true that allows import"
+            )
         worker_id = new_worker_id()
         change = register_worker(
             worker_id=worker_id,
