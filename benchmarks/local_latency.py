@@ -38,6 +38,7 @@ def main() -> None:
         environment = stack.environment() | {
             "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
             "RELAY_POLL_WAIT_SECONDS": "20",
+            "RELAY_ANONYMOUS_ROLE": "admin",
         }
         relay = RelayProcess(environment, port=free_port()).start()
         events = stack.client("events")

@@ -220,7 +220,7 @@ def _print_welcome(url: str, workers: list[Any], tokens: dict[str, str]) -> None
         "",
         "CML Fleet local stack is up.",
         f"  API docs:      {url}/api/docs",
-        f"  event stream:  curl -N {url}/api/events/stream",
+        f'  event stream:  curl -N -H "Authorization: Bearer $TOKEN" {url}/api/events/stream',
         "  tokens:        make token AS=ada|max|alice|bob   (admin, manager, user, user)",
         "",
         "  export TOKEN=$(make -s token AS=ada)",

@@ -86,6 +86,8 @@ class FleetStack:
         relay_env = stack.environment() | {
             "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
             "TABLE_NAME": stack.outputs["WorkersTableName"],
+            "OIDC_ISSUER": self.issuer.issuer,
+            "OIDC_AUDIENCE": self.issuer.audience,
             "RELAY_DLQ_ARN": stack.outputs["RelayDeadLetterQueueArn"],
             "RELAY_POLL_WAIT_SECONDS": "2",
             "HEARTBEAT_SECONDS": str(self.heartbeat_seconds),

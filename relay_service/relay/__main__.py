@@ -17,8 +17,11 @@ from types import FrameType
 import uvicorn
 
 from cmlfleet.adapters import aws
+from cmlfleet.adapters.tickets import DynamoDbTicketStore
+from cmlfleet.identity import JwksSigningKeys, Role, TokenVerifier
 from cmlfleet.settings import ConfigurationError
 from relay.app import Relay, create_app
+from relay.auth import StreamAuthenticator
 from relay.bus import SqsEventBus
 from relay.history import DynamoDbEventLog
 from relay.settings import RelaySettings, load_relay_settings
@@ -62,6 +65,30 @@ def build_bus(settings: RelaySettings) -> SqsEventBus:
     )
 
 
+def build_authenticator(settings: RelaySettings) -> StreamAuthenticator:
+    verifier = None
+    if settings.oidc_issuer and settings.oidc_audience and settings.jwks_url:
+        verifier = TokenVerifier(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            keys=JwksSigningKeys(settings.jwks_url),
+            roles_claim=settings.roles_claim,
+        )
+    tickets = (
+        DynamoDbTicketStore(settings.table_name, aws.client("dynamodb"))
+        if settings.table_name
+        else None
+    )
+    anonymous = Role(settings.relay_anonymous_role) if settings.relay_anonymous_role else None
+    if anonymous is not None:
+        print(
+            f"relay: WARNING: clients without credentials are let in as {anonymous}"
+            " (RELAY_ANONYMOUS_ROLE; development only)",
+            file=sys.stderr,
+        )
+    return StreamAuthenticator(verifier=verifier, tickets=tickets, anonymous_role=anonymous)
+
+
 def main() -> int:
     try:
         settings = load_relay_settings()
@@ -73,7 +100,7 @@ def main() -> int:
         if settings.table_name
         else None
     )
-    app = create_app(settings, build_bus(settings), event_log)
+    app = create_app(settings, build_bus(settings), event_log, build_authenticator(settings))
     config = uvicorn.Config(
         app,
         host=settings.relay_host,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -12,10 +13,19 @@ from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from cmlfleet.events.catalog import Connected, Heartbeat, ReplayOutcome, Resync, SseShutdown
+from cmlfleet.events.catalog import (
+    AuthExpired,
+    Connected,
+    Heartbeat,
+    ReplayOutcome,
+    Resync,
+    SseShutdown,
+)
 from cmlfleet.events.envelope import CloudEvent
+from cmlfleet.identity import AuthenticationError, Role
 from cmlfleet.timeutil import utc_now
-from relay.frames import bus_event_frame, relay_event_frame
+from relay.auth import StreamAuthenticator
+from relay.frames import delivery, relay_event_frame
 from relay.history import DynamoDbEventLog, EventRing, Replay
 from relay.hub import Hub, Subscription, SubscriptionClosedError
 from relay.response import EventStreamResponse
@@ -107,14 +117,14 @@ class Relay:
                 self.hub.stats["duplicates_dropped"] += 1  # SNS and SQS deliver at least once
                 continue
             try:
-                frame = bus_event_frame(event)
+                frame = delivery(event)
             except FrameError:
                 # The envelope validates ids, so this is a bug upstream; one bad event
                 # must not take the rest of its batch down with it.
                 logger.exception("event cannot be framed; skipped", event_id=repr(event.id))
                 self.hub.stats["events_unframeable"] += 1
                 continue
-            self.hub.publish(frame, event.id)
+            self.hub.deliver(frame)
 
     def _from_bus_thread(self, events: list[CloudEvent]) -> None:
         assert self._loop is not None
@@ -130,10 +140,16 @@ class Relay:
 
 
 def create_app(
-    settings: RelaySettings, bus: EventBus, event_log: DynamoDbEventLog | None = None
+    settings: RelaySettings,
+    bus: EventBus,
+    event_log: DynamoDbEventLog | None = None,
+    authenticator: StreamAuthenticator | None = None,
 ) -> FastAPI:
     """The relay application; `bus` is the SQS bus in production, anything alike in tests."""
     relay = Relay(settings, bus, event_log)
+    authenticator = authenticator or StreamAuthenticator(
+        verifier=None, tickets=None, anonymous_role=Role.ADMIN
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -147,7 +163,9 @@ def create_app(
     app.state.relay = relay
 
     @app.get("/api/events/stream", response_model=None)
-    async def stream(request: Request, last_event_id: str | None = None) -> Response:
+    async def stream(
+        request: Request, last_event_id: str | None = None, ticket: str | None = None
+    ) -> Response:
         """The live event stream (text/event-stream).
 
         `Last-Event-ID` (sent by EventSource when it reconnects), or `last_event_id` for a
@@ -157,9 +175,21 @@ def create_app(
             return JSONResponse(
                 {"error": "relay is shutting down"}, status_code=503, headers={"Retry-After": "1"}
             )
+        try:
+            # Ticket redemption and key fetches block: keep them off the event loop.
+            principal = await asyncio.to_thread(
+                authenticator.authenticate, ticket, request.headers.get("authorization")
+            )
+        except AuthenticationError as error:
+            relay.hub.stats["rejected_unauthenticated"] += 1
+            return JSONResponse(
+                {"error": {"code": "unauthorized", "message": error.reason}},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         cursor = (request.headers.get("last-event-id") or last_event_id or "").strip()[:128]
         # Registered for live events before history is read: nothing falls in the gap.
-        subscription = relay.hub.subscribe()
+        subscription = relay.hub.subscribe(principal)
         return EventStreamResponse(
             _frames(relay, subscription, cursor or None),
             headers=STREAM_HEADERS,
@@ -207,18 +237,31 @@ async def _frames(
         )
         if replay.status == "resync":
             yield relay_event_frame(Resync(reason=replay.reason))
-        for start in range(0, len(replay.events), 100):
-            yield b"".join(bus_event_frame(e) for e in replay.events[start : start + 100])
+        # Replayed events are filtered and masked for this client exactly as live ones.
+        replayed = [subscription.frame_for(delivery(event)) for event in replay.events]
+        visible = [frame for frame in replayed if frame is not None]
+        for start in range(0, len(visible), 100):
+            yield b"".join(visible[start : start + 100])
+        expires_at = subscription.principal.expires_at if subscription.principal else None
         while True:
+            wait = settings.heartbeat_seconds
+            if expires_at is not None:
+                remaining = expires_at - time.time()
+                if remaining <= 0:
+                    # The client gets a new ticket or token and resumes with its last id.
+                    relay.hub.stats["closed_auth_expired"] += 1
+                    yield relay_event_frame(AuthExpired())
+                    return
+                wait = min(wait, remaining)
             try:
-                frames = await subscription.next_frames(settings.heartbeat_seconds)
+                frames = await subscription.next_frames(wait)
             except SubscriptionClosedError as closed:
                 if closed.final_frame:
                     yield closed.final_frame
                 return
             if frames:
                 yield b"".join(frames)
-            else:
+            elif expires_at is None or expires_at - time.time() > 0:
                 yield relay_event_frame(Heartbeat(server_time=utc_now()))
     finally:
         relay.hub.unsubscribe(subscription)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cmlfleet.events.catalog import EventData
+from cmlfleet.access import visible_view
+from cmlfleet.events.catalog import EventData, WorkerCreated, WorkerView
 from cmlfleet.events.envelope import CloudEvent
+from cmlfleet.identity import Principal, Role
 from cmlfleet.timeutil import format_rfc3339
+from relay.hub import Delivery
 from relay.sse import ServerSentEvent
 
 
@@ -28,6 +31,22 @@ def bus_event_frame(event: CloudEvent) -> bytes:
     return ServerSentEvent(
         id=event.id, event=event.type, data=_one_line_json(wire_data(event))
     ).encode()
+
+
+def delivery(event: CloudEvent) -> Delivery:
+    """The event framed once for readers who see everything and once, masked, for owners."""
+    full = bus_event_frame(event)
+    masked = full
+    if event.type == WorkerCreated.event_type:
+        view = WorkerView.model_validate(event.data["worker"])
+        as_user = Principal(subject="", username=event.owner, role=Role.USER, expires_at=0)
+        data = {"worker": visible_view(as_user, view).model_dump(mode="json")}
+        masked = ServerSentEvent(
+            id=event.id,
+            event=event.type,
+            data=_one_line_json(wire_data(event) | {"data": data}),
+        ).encode()
+    return Delivery(event.id, event.owner, full, masked)
 
 
 def relay_event_frame(payload: EventData, *, retry_ms: int | None = None) -> bytes:

@@ -11,6 +11,9 @@ import asyncio
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from cmlfleet.identity import Principal
 
 
 class SubscriptionClosedError(Exception):
@@ -22,11 +25,26 @@ class SubscriptionClosedError(Exception):
         self.final_frame = final_frame
 
 
-class Subscription:
-    """One connected client's bounded buffer of frames."""
+@dataclass(frozen=True)
+class Delivery:
+    """One bus event, framed for each kind of reader: who may see it decides which frame.
 
-    def __init__(self, limit: int) -> None:
+    `masked` is the frame for a reader who owns the worker but may not see AWS-internal
+    fields; readers who see everything get `full`; everyone else gets nothing.
+    """
+
+    event_id: str
+    owner: str
+    full: bytes
+    masked: bytes
+
+
+class Subscription:
+    """One connected client's bounded buffer of frames, and what it may see."""
+
+    def __init__(self, limit: int, principal: Principal | None = None) -> None:
         self.client_id = uuid.uuid4().hex
+        self.principal = principal
         self._limit = limit
         self._frames: deque[tuple[str | None, bytes]] = deque()
         self._wakeup = asyncio.Event()
@@ -46,6 +64,15 @@ class Subscription:
         self._frames.append((event_id, frame))
         self._wakeup.set()
         return True
+
+    def frame_for(self, delivery: Delivery) -> bytes | None:
+        """This client's frame of the event, or None if it may not see it at all."""
+        principal = self.principal
+        if principal is None or principal.sees_everything:
+            return delivery.full
+        if principal.username == delivery.owner:
+            return delivery.masked
+        return None
 
     def skip(self, event_ids: set[str]) -> None:
         """Never deliver these events live: the client got them by replay.
@@ -94,10 +121,10 @@ class Hub:
     def client_count(self) -> int:
         return len(self._subscriptions)
 
-    def subscribe(self) -> Subscription:
+    def subscribe(self, principal: Principal | None = None) -> Subscription:
         if not self.accepting:
             raise RuntimeError("the hub is shutting down")
-        subscription = Subscription(self._limit)
+        subscription = Subscription(self._limit, principal)
         self._subscriptions[subscription.client_id] = subscription
         self.stats["connects"] += 1
         return subscription
@@ -107,15 +134,28 @@ class Hub:
             self.stats["disconnects"] += 1
 
     def publish(self, frame: bytes, event_id: str | None = None) -> None:
-        """Offer one frame to every subscriber; cut off those that cannot take it."""
+        """Offer one frame to every subscriber as it is (relay-wide notices, tests)."""
         self.stats["published"] += 1
         for subscription in list(self._subscriptions.values()):
-            if subscription.offer(frame, event_id):
-                self.stats["deliveries"] += 1
+            self._offer(subscription, frame, event_id)
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Offer an event to every subscriber that may see it, in the form it may see."""
+        self.stats["published"] += 1
+        for subscription in list(self._subscriptions.values()):
+            frame = subscription.frame_for(delivery)
+            if frame is None:
+                self.stats["filtered"] += 1
             else:
-                self.stats["cutoffs_slow_client"] += 1
-                subscription.close("slow_client")
-                self.unsubscribe(subscription)
+                self._offer(subscription, frame, delivery.event_id)
+
+    def _offer(self, subscription: Subscription, frame: bytes, event_id: str | None) -> None:
+        if subscription.offer(frame, event_id):
+            self.stats["deliveries"] += 1
+        else:
+            self.stats["cutoffs_slow_client"] += 1
+            subscription.close("slow_client")
+            self.unsubscribe(subscription)
 
     def shut_down(self, final_frame: Callable[[Subscription], bytes]) -> int:
         """Stop accepting and close every subscriber with its own final frame."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cmlfleet.settings import ConfigurationError, describe_validation_error
@@ -30,17 +31,46 @@ class RelaySettings(BaseSettings):
     relay_shutdown_max_ms: int = Field(default=5000, ge=0)
     relay_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     table_name: str | None = Field(default=None, description="the event log, for replay")
+    oidc_issuer: str | None = Field(default=None, pattern=r"^https?://")
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = Field(default=None, pattern=r"^https?://")
+    roles_claim: str = "cognito:groups"
+    relay_anonymous_role: Literal["admin", "manager", "user"] | None = Field(
+        default=None, description="development only: let clients in without credentials"
+    )
     relay_ring_size: int = Field(default=10_000, ge=10, le=1_000_000)
     relay_replay_max: int = Field(default=5000, ge=1, le=100_000)
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
     relay_log_level: str = Field(default="info", pattern=r"^(critical|error|warning|info|debug)$")
 
+    @field_validator("oidc_issuer", "oidc_audience", "oidc_jwks_url", "table_name", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _shutdown_range_is_a_range(self) -> RelaySettings:
         if self.relay_shutdown_min_ms > self.relay_shutdown_max_ms:
             raise ValueError("RELAY_SHUTDOWN_MIN_MS must not exceed RELAY_SHUTDOWN_MAX_MS")
         return self
+
+    @model_validator(mode="after")
+    def _someone_can_get_in(self) -> RelaySettings:
+        if bool(self.oidc_issuer) != bool(self.oidc_audience):
+            raise ValueError("OIDC_ISSUER and OIDC_AUDIENCE go together")
+        if not (self.oidc_issuer or self.table_name or self.relay_anonymous_role):
+            raise ValueError(
+                "no way to authenticate clients: set OIDC_ISSUER/OIDC_AUDIENCE (bearer tokens) "
+                "or TABLE_NAME (tickets)"
+            )
+        return self
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.oidc_jwks_url:
+            return self.oidc_jwks_url
+        return self.oidc_issuer.rstrip("/") + "/.well-known/jwks.json" if self.oidc_issuer else None
 
 
 def load_relay_settings() -> RelaySettings:

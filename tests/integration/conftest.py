@@ -58,6 +58,7 @@ def start_relay(moto_endpoint: MotoEndpoint, topic_arn: str) -> Iterator[RelayFa
             "TOPIC_ARN": topic_arn,
             "RELAY_POLL_WAIT_SECONDS": "1",
             "HEARTBEAT_SECONDS": "30",
+            "RELAY_ANONYMOUS_ROLE": "admin",  # these tests are about transport, not identity
             **settings,
         }
         relay = RelayProcess(environment, port=free_port())

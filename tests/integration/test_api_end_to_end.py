@@ -59,7 +59,7 @@ def test_a_worker_created_stopped_and_terminated_through_the_api_is_seen_live(
     fleet: FleetStack,
 ) -> None:
     admin = bearer(fleet, "ada", "admin")
-    with SseStream(f"{fleet.url}/api/events/stream") as stream:
+    with SseStream(f"{fleet.url}/api/events/stream", headers=admin) as stream:
         assert stream.next().event == "connected"
         created = httpx.post(
             f"{fleet.url}/api/workers", json={"name": "e2e-api"}, headers=admin, timeout=30

@@ -43,7 +43,11 @@ def test_metrics_and_labs_of_the_demo_fleet_arrive_on_their_own(fleet: FleetStac
     assert len(workers) == 2
     metrics: set[str] = set()
     labs: set[str] = set()
-    with SseStream(f"{fleet.url}/api/events/stream") as stream:
+    assert fleet.issuer is not None
+    token = fleet.issuer.token("max", "manager")
+    with SseStream(
+        f"{fleet.url}/api/events/stream", headers={"Authorization": f"Bearer {token}"}
+    ) as stream:
         stream.next()
         while metrics != set(workers) or labs != set(workers):
             event = stream.wait_for(

@@ -67,7 +67,7 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
 
 def test_run_prints_where_to_connect_and_the_demo_fleet(runner: Runner) -> None:
     text = "".join(runner.output)
-    assert f"curl -N {runner.url}/api/events/stream" in text
+    assert f"curl -N -H \"Authorization: Bearer $TOKEN\" {runner.url}/api/events/stream" in text
     assert "make event" in text
     assert runner.worker_id("cml-lab-a").startswith("w-")
     assert "Traceback" not in text
@@ -77,7 +77,8 @@ def test_the_event_command_makes_an_event_appear_on_the_stream(
     runner: Runner, tmp_path: Path
 ) -> None:
     worker_id = runner.worker_id("cml-lab-b")
-    with SseStream(f"{runner.url}/api/events/stream") as stream:
+    headers = {"Authorization": f"Bearer {token_of(tmp_path, 'max')}"}
+    with SseStream(f"{runner.url}/api/events/stream", headers=headers) as stream:
         assert stream.next().event == "connected"
         result = subprocess.run(
             [sys.executable, "-m", "devstack", "ec2-event", "--worker", "cml-lab-b"],
@@ -154,9 +155,10 @@ def test_a_printed_token_lists_the_demo_fleet_and_a_create_shows_up_on_the_strea
     ).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
     listed = httpx.get(f"{runner.url}/api/workers", headers=headers, timeout=30)
+    assert httpx.get(f"{runner.url}/api/events/stream", timeout=30).status_code == 401
     assert listed.status_code == 200, listed.text
     assert {w["name"] for w in listed.json()["workers"]} == {"cml-lab-a", "cml-lab-b"}
-    with SseStream(f"{runner.url}/api/events/stream") as stream:
+    with SseStream(f"{runner.url}/api/events/stream", headers=headers) as stream:
         stream.next()
         created = httpx.post(
             f"{runner.url}/api/workers", json={"name": "from-curl"}, headers=headers, timeout=30
@@ -164,3 +166,15 @@ def test_a_printed_token_lists_the_demo_fleet_and_a_create_shows_up_on_the_strea
         assert created.status_code == 201, created.text
         event = stream.wait_for(lambda e: e.event == "worker.created", timeout=30)
     assert event.json()["data"]["worker"]["name"] == "from-curl"
+
+
+def token_of(tmp_path: Path, user: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", "token", "--user", user],
+        cwd=ROOT,
+        env=environment(tmp_path / "state.json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()

@@ -38,6 +38,7 @@ def relay_environment(stack: LocalStack) -> dict[str, str]:
         "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
         "TABLE_NAME": stack.outputs["WorkersTableName"],
         "RELAY_POLL_WAIT_SECONDS": "1",
+        "RELAY_ANONYMOUS_ROLE": "admin",  # the EC2 path is under test here, not identity
     }
 
 

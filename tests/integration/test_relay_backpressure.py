@@ -20,6 +20,7 @@ from cmlfleet.events.catalog import WorkerStatusUpdated
 from cmlfleet.events.envelope import CloudEvent, make_event
 from devstack.stack import free_port
 from relay.app import Relay, create_app
+from relay.auth import StreamAuthenticator
 from relay.settings import RelaySettings
 from tests.sse_client import SseStream
 
@@ -42,12 +43,15 @@ class InMemoryBus:
 
 
 class RelayThread:
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, authenticator: StreamAuthenticator | None = None, **settings: Any) -> None:
         self.bus = InMemoryBus()
         self.settings = RelaySettings(
-            topic_arn="arn:aws:sns:us-east-1:123456789012:events", **settings
+            topic_arn="arn:aws:sns:us-east-1:123456789012:events",
+            relay_anonymous_role=None if authenticator else "admin",
+            table_name="workers" if authenticator else None,
+            **settings,
         )
-        self.app = create_app(self.settings, self.bus)
+        self.app = create_app(self.settings, self.bus, None, authenticator)
         self.relay: Relay = self.app.state.relay
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
