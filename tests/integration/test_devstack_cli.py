@@ -67,7 +67,7 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
 
 def test_run_prints_where_to_connect_and_the_demo_fleet(runner: Runner) -> None:
     text = "".join(runner.output)
-    assert f"curl -N -H \"Authorization: Bearer $TOKEN\" {runner.url}/api/events/stream" in text
+    assert f'curl -N -H "Authorization: Bearer $TOKEN" {runner.url}/api/events/stream' in text
     assert "make event" in text
     assert runner.worker_id("cml-lab-a").startswith("w-")
     assert "Traceback" not in text
