@@ -52,7 +52,7 @@ class Relay:
     ) -> None:
         self.settings = settings
         self.bus = bus
-        self.hub = Hub(settings.relay_client_buffer)
+        self.hub = Hub(settings.relay_client_buffer, settings.relay_metrics_window_ms / 1000)
         self.ring = EventRing(settings.relay_ring_size)
         self.event_log = event_log
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -10,7 +10,7 @@ from cmlfleet.events.catalog import EventData, WorkerCreated, WorkerView
 from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.identity import Principal, Role
 from cmlfleet.timeutil import format_rfc3339
-from relay.hub import Delivery
+from relay.hub import METRICS_EVENT, Delivery
 from relay.sse import ServerSentEvent
 
 
@@ -37,6 +37,11 @@ def delivery(event: CloudEvent) -> Delivery:
     """The event framed once for readers who see everything and once, masked, for owners."""
     full = bus_event_frame(event)
     masked = full
+    if event.type == METRICS_EVENT:
+        # No AWS-internal fields in metrics: one frame for all, and it may be coalesced.
+        return Delivery(
+            event.id, event.owner, full, full, event.subject, _one_line_json(wire_data(event))
+        )
     if event.type == WorkerCreated.event_type:
         view = WorkerView.model_validate(event.data["worker"])
         as_user = Principal(subject="", username=event.owner, role=Role.USER, expires_at=0)

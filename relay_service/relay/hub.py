@@ -8,12 +8,17 @@ can never hold up the others. Everything here runs on the event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cmlfleet.identity import Principal
+from relay.sse import ServerSentEvent
+
+METRICS_EVENT = "worker.metrics.updated"
+METRICS_BATCH_EVENT = "worker.metrics.batch"
 
 
 class SubscriptionClosedError(Exception):
@@ -37,14 +42,22 @@ class Delivery:
     owner: str
     full: bytes
     masked: bytes
+    metrics_of: str | None = None  # a metrics event's worker id: it may be coalesced
+    wire_json: str = ""  # its wire object as one JSON line, for a batch frame
 
 
 class Subscription:
     """One connected client's bounded buffer of frames, and what it may see."""
 
-    def __init__(self, limit: int, principal: Principal | None = None) -> None:
+    def __init__(
+        self, limit: int, principal: Principal | None = None, metrics_window: float = 0.0
+    ) -> None:
         self.client_id = uuid.uuid4().hex
         self.principal = principal
+        # Metrics events wait this long to be coalesced per worker into one batch frame.
+        self._metrics_window = metrics_window
+        self._pending_metrics: dict[str, tuple[str, str]] = {}  # worker → (event id, json)
+        self._pending_since = 0.0
         self._limit = limit
         self._frames: deque[tuple[str | None, bytes]] = deque()
         self._wakeup = asyncio.Event()
@@ -61,9 +74,36 @@ class Subscription:
             return True
         if len(self._frames) >= self._limit:
             return False
+        self._flush_metrics()  # what came before goes out before: order is kept
         self._frames.append((event_id, frame))
         self._wakeup.set()
         return True
+
+    def offer_metrics(self, worker_id: str, event_id: str, wire_json: str) -> bool:
+        """Hold a metrics event for the window; a newer one for the same worker replaces it."""
+        if self._closed is not None or event_id in self._skip:
+            return True
+        if not self._pending_metrics:
+            self._pending_since = time.monotonic()
+        self._pending_metrics.pop(worker_id, None)
+        self._pending_metrics[worker_id] = (event_id, wire_json)
+        self._wakeup.set()
+        return len(self._frames) < self._limit
+
+    def _flush_metrics(self) -> None:
+        if not self._pending_metrics:
+            return
+        pending = list(self._pending_metrics.values())
+        self._pending_metrics.clear()
+        if len(pending) == 1:
+            event_id, wire_json = pending[0]
+            frame = ServerSentEvent(id=event_id, event=METRICS_EVENT, data=wire_json).encode()
+        else:
+            events = ",".join(wire for _, wire in pending)
+            frame = ServerSentEvent(
+                id=pending[-1][0], event=METRICS_BATCH_EVENT, data='{"events":[' + events + "]}"
+            ).encode()
+        self._frames.append((pending[-1][0], frame))
 
     def frame_for(self, delivery: Delivery) -> bytes | None:
         """This client's frame of the event, or None if it may not see it at all."""
@@ -82,6 +122,9 @@ class Subscription:
         """
         self._skip |= event_ids
         self._frames = deque((i, f) for i, f in self._frames if i is None or i not in self._skip)
+        self._pending_metrics = {
+            w: (i, j) for w, (i, j) in self._pending_metrics.items() if i not in self._skip
+        }
 
     def close(self, reason: str, final_frame: bytes | None = None) -> None:
         """End the subscription after what is queued; `final_frame` goes out last."""
@@ -95,12 +138,18 @@ class Subscription:
         Raises `SubscriptionClosedError` once the subscription is closed and drained;
         a cut-off drops what is queued, a shutdown delivers it first.
         """
-        if not self._frames and self._closed is None:
+        if not self._frames and not self._pending_metrics and self._closed is None:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), quiet_seconds)
             except TimeoutError:
                 return []
+        if self._pending_metrics and not self._frames and self._closed is None:
+            # Only metrics waiting: give the other workers' numbers a moment to join them.
+            left = self._metrics_window - (time.monotonic() - self._pending_since)
+            if left > 0:
+                await asyncio.sleep(left)
+        self._flush_metrics()
         if self._closed is not None and (self._closed.reason != "shutdown" or not self._frames):
             raise self._closed
         frames = [frame for _, frame in self._frames]
@@ -111,8 +160,9 @@ class Subscription:
 class Hub:
     """Subscribers and fan-out; counts what happened for the metrics endpoint."""
 
-    def __init__(self, client_buffer_limit: int = 1000) -> None:
+    def __init__(self, client_buffer_limit: int = 1000, metrics_window: float = 0.0) -> None:
         self._limit = client_buffer_limit
+        self._metrics_window = metrics_window
         self._subscriptions: dict[str, Subscription] = {}
         self.accepting = True
         self.stats: Counter[str] = Counter()
@@ -124,7 +174,7 @@ class Hub:
     def subscribe(self, principal: Principal | None = None) -> Subscription:
         if not self.accepting:
             raise RuntimeError("the hub is shutting down")
-        subscription = Subscription(self._limit, principal)
+        subscription = Subscription(self._limit, principal, self._metrics_window)
         self._subscriptions[subscription.client_id] = subscription
         self.stats["connects"] += 1
         return subscription
@@ -146,6 +196,13 @@ class Hub:
             frame = subscription.frame_for(delivery)
             if frame is None:
                 self.stats["filtered"] += 1
+            elif delivery.metrics_of is not None and self._metrics_window > 0:
+                if subscription.offer_metrics(
+                    delivery.metrics_of, delivery.event_id, delivery.wire_json
+                ):
+                    self.stats["deliveries"] += 1
+                else:
+                    self._cut_off(subscription)
             else:
                 self._offer(subscription, frame, delivery.event_id)
 
@@ -153,9 +210,12 @@ class Hub:
         if subscription.offer(frame, event_id):
             self.stats["deliveries"] += 1
         else:
-            self.stats["cutoffs_slow_client"] += 1
-            subscription.close("slow_client")
-            self.unsubscribe(subscription)
+            self._cut_off(subscription)
+
+    def _cut_off(self, subscription: Subscription) -> None:
+        self.stats["cutoffs_slow_client"] += 1
+        subscription.close("slow_client")
+        self.unsubscribe(subscription)
 
     def shut_down(self, final_frame: Callable[[Subscription], bytes]) -> int:
         """Stop accepting and close every subscriber with its own final frame."""

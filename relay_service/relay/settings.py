@@ -38,6 +38,7 @@ class RelaySettings(BaseSettings):
     relay_anonymous_role: Literal["admin", "manager", "user"] | None = Field(
         default=None, description="development only: let clients in without credentials"
     )
+    relay_metrics_window_ms: int = Field(default=250, ge=0, le=10_000)
     relay_ring_size: int = Field(default=10_000, ge=10, le=1_000_000)
     relay_replay_max: int = Field(default=5000, ge=1, le=100_000)
     relay_host: str = "0.0.0.0"

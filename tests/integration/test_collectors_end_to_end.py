@@ -49,19 +49,20 @@ def test_metrics_and_labs_of_the_demo_fleet_arrive_on_their_own(fleet: FleetStac
         f"{fleet.url}/api/events/stream", headers={"Authorization": f"Bearer {token}"}
     ) as stream:
         stream.next()
+        kinds = ("worker.metrics.updated", "worker.metrics.batch", "worker.labs.updated")
         while metrics != set(workers) or labs != set(workers):
-            event = stream.wait_for(
-                lambda e: e.event in ("worker.metrics.updated", "worker.labs.updated"),
-                timeout=60,
-            )
-            data = event.json()["data"]
-            if event.event == "worker.metrics.updated":
+            event = stream.wait_for(lambda e: e.event in kinds, timeout=60)
+            if event.event == "worker.labs.updated":
+                labs.add(event.json()["data"]["worker_id"])
+                assert event.json()["data"]["trigger"] == "schedule"
+                continue
+            # The relay coalesces metrics per client into batches: unpack them.
+            body = event.json()
+            for wire in body["events"] if event.event == "worker.metrics.batch" else [body]:
+                data = wire["data"]
                 metrics.add(data["worker_id"])
                 assert 0 <= data["cpu_utilization"] <= 100
                 assert data["total_nodes"] >= data["running_nodes"] >= 0
-            else:
-                labs.add(data["worker_id"])
-                assert data["trigger"] == "schedule"
     runner = fleet.stack.schedules["MetricsCollectorFunction"]  # type: ignore[union-attr]
     assert runner.last_result["failed"] == {}
 

@@ -10,13 +10,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
-from cmlfleet.events.catalog import WorkerStatusUpdated
+from cmlfleet.events.catalog import WorkerMetricsUpdated, WorkerStatusUpdated
 from cmlfleet.events.envelope import CloudEvent, make_event
 from devstack.stack import free_port
 from relay.app import Relay, create_app
@@ -247,3 +248,25 @@ def test_a_duplicate_delivery_from_the_bus_reaches_clients_once(
         got = stream.collect(2, event_type="worker.status.updated")
     assert [e.id for e in got] == [event.id, after.id]
     assert relay.health()["stats"]["duplicates_dropped"] == 1
+
+
+def metrics_event(worker_id: str, cpu: float) -> CloudEvent:
+    payload = WorkerMetricsUpdated(
+        worker_id=worker_id, cpu_utilization=cpu, collected_at=datetime.now(UTC)
+    )
+    return make_event(payload, worker_id=worker_id, version=2, owner="alice")
+
+
+def test_metrics_of_many_workers_reach_a_client_as_one_batch_frame(
+    relay_thread: Callable[..., RelayThread],
+) -> None:
+    relay = relay_thread(relay_metrics_window_ms=300)
+    sent = [metrics_event(f"w-{index}", 10.0 + index) for index in range(5)]
+    with SseStream(f"{relay.url}/api/events/stream") as stream:
+        stream.next()
+        relay.publish(sent)
+        batch = stream.wait_for(lambda e: e.event == "worker.metrics.batch")
+    events = batch.json()["events"]
+    assert [e["id"] for e in events] == [e.id for e in sent]
+    assert batch.id == sent[-1].id  # the cursor moves to the newest event in the batch
+    assert events[2]["data"]["cpu_utilization"] == 12.0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
-from relay.hub import Hub, SubscriptionClosedError
+from relay.hub import Delivery, Hub, SubscriptionClosedError
 
 
 def run(coroutine: object) -> object:
@@ -97,3 +98,59 @@ def test_unsubscribing_twice_counts_one_disconnect() -> None:
     hub.unsubscribe(subscription)
     assert hub.stats["disconnects"] == 1
     assert hub.client_count == 0
+
+
+def metrics_delivery(worker: str, event_id: str, cpu: float) -> Delivery:
+    wire = json.dumps({"id": event_id, "worker_id": worker, "data": {"cpu_utilization": cpu}})
+    frame = f"id: {event_id}\nevent: worker.metrics.updated\ndata: {wire}\n\n".encode()
+    return Delivery(event_id, "alice", frame, frame, worker, wire)
+
+
+def test_metrics_for_one_worker_within_the_window_are_coalesced_to_the_newest() -> None:
+    async def scenario() -> None:
+        hub = Hub(metrics_window=0.05)
+        subscription = hub.subscribe()
+        hub.deliver(metrics_delivery("w-1", "e1", 10))
+        hub.deliver(metrics_delivery("w-1", "e2", 20))
+        (frame,) = await subscription.next_frames(1)
+        assert frame.startswith(b"id: e2\nevent: worker.metrics.updated\n")
+        assert b'"cpu_utilization": 20' in frame
+
+    run(scenario())
+
+
+def test_metrics_of_several_workers_go_out_as_one_batch_frame() -> None:
+    async def scenario() -> None:
+        hub = Hub(metrics_window=0.05)
+        subscription = hub.subscribe()
+        for index in range(3):
+            hub.deliver(metrics_delivery(f"w-{index}", f"e{index}", 10 + index))
+        (frame,) = await subscription.next_frames(1)
+        assert frame.startswith(b"id: e2\nevent: worker.metrics.batch\ndata: ")
+        data = json.loads(frame.decode().split("data: ", 1)[1])
+        assert [e["worker_id"] for e in data["events"]] == ["w-0", "w-1", "w-2"]
+
+    run(scenario())
+
+
+def test_held_metrics_go_out_before_a_later_event_so_order_is_kept() -> None:
+    async def scenario() -> None:
+        hub = Hub(metrics_window=10)
+        subscription = hub.subscribe()
+        hub.deliver(metrics_delivery("w-1", "e1", 10))
+        hub.publish(b"id: e2\nevent: worker.status.updated\ndata: {}\n\n", "e2")
+        frames = await subscription.next_frames(1)
+        assert [f.split(b"\n", 1)[0] for f in frames] == [b"id: e1", b"id: e2"]
+
+    run(scenario())
+
+
+def test_without_a_window_metrics_go_out_one_by_one() -> None:
+    async def scenario() -> None:
+        hub = Hub()
+        subscription = hub.subscribe()
+        hub.deliver(metrics_delivery("w-1", "e1", 10))
+        hub.deliver(metrics_delivery("w-1", "e2", 20))
+        assert len(await subscription.next_frames(1)) == 2
+
+    run(scenario())
