@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from cmlfleet.events.catalog import (
     AuthExpired,
@@ -28,6 +28,7 @@ from relay.auth import StreamAuthenticator
 from relay.frames import delivery, relay_event_frame
 from relay.history import DynamoDbEventLog, EventRing, Replay
 from relay.hub import Hub, Subscription, SubscriptionClosedError
+from relay.observability import LatencyWindow, prometheus_text, tracer
 from relay.response import EventStreamResponse
 from relay.settings import RelaySettings
 from relay.sse import FrameError
@@ -54,6 +55,8 @@ class Relay:
         self.bus = bus
         self.hub = Hub(settings.relay_client_buffer, settings.relay_metrics_window_ms / 1000)
         self.ring = EventRing(settings.relay_ring_size)
+        self.broadcast_latency = LatencyWindow()
+        self.replay_latency = LatencyWindow()
         self.event_log = event_log
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,6 +85,15 @@ class Relay:
         """What a client that last saw `cursor` missed, from the ring or the event log."""
         if not cursor:
             return Replay("none", [])
+        with tracer.start_as_current_span("relay.replay") as span:
+            started = time.perf_counter()
+            replay = await self._replay(cursor)
+            self.replay_latency.add(time.perf_counter() - started)
+            span.set_attribute("cmlfleet.replay.status", replay.status)
+            span.set_attribute("cmlfleet.replay.events", len(replay.events))
+            return replay
+
+    async def _replay(self, cursor: str) -> Replay:
         missed = self.ring.after(cursor)
         if missed is not None:
             self.hub.stats["replay_ring_hits"] += 1
@@ -112,6 +124,14 @@ class Relay:
             self._loop.call_soon_threadsafe(self.begin_shutdown)
 
     def publish(self, events: list[CloudEvent]) -> None:
+        with tracer.start_as_current_span("relay.broadcast") as span:
+            span.set_attribute("cmlfleet.events", len(events))
+            span.set_attribute("cmlfleet.clients", self.hub.client_count)
+            started = time.perf_counter()
+            self._publish(events)
+            self.broadcast_latency.add(time.perf_counter() - started)
+
+    def _publish(self, events: list[CloudEvent]) -> None:
         for event in events:
             if not self.ring.add(event):
                 self.hub.stats["duplicates_dropped"] += 1  # SNS and SQS deliver at least once
@@ -213,6 +233,28 @@ def create_app(
             "stats": dict(hub.stats),
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+    @app.get("/api/events/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        """Counters, gauges and latencies in the Prometheus text format."""
+        hub = relay.hub
+        depths = hub.queue_depths()
+        quiet = relay.bus.seconds_since_receive()
+        return prometheus_text(
+            counters=dict(hub.stats),
+            gauges={
+                "clients": hub.client_count,
+                "client_queue_depth_max": max(depths, default=0),
+                "client_queue_depth_total": sum(depths),
+                "ring_events": len(relay.ring),
+                "seconds_since_bus_receive": -1 if quiet is None else quiet,
+                "accepting": 1 if hub.accepting else 0,
+            },
+            latencies={
+                "broadcast": relay.broadcast_latency,
+                "replay": relay.replay_latency,
+            },
+        )
 
     return app
 

@@ -15,10 +15,12 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from cmlfleet.events.envelope import CloudEvent, EnvelopeError
+from cmlfleet.services.reaper import HEARTBEAT_TAG
 
 logger = Logger(child=True)
 
 EventSink = Callable[[list[CloudEvent]], None]
+HEARTBEAT_SECONDS = 60
 
 
 class SqsEventBus:
@@ -46,6 +48,7 @@ class SqsEventBus:
         self.queue_url: str | None = None
         self.subscription_arn: str | None = None
         self._last_receive: float | None = None
+        self._last_beat = 0.0
 
     def open(self) -> None:
         """Create the queue, allow the topic to send to it, and subscribe with raw delivery."""
@@ -57,8 +60,9 @@ class SqsEventBus:
         self.queue_url = self._sqs.create_queue(
             QueueName=self._queue_name,
             Attributes=attributes,
-            tags={"cmlfleet:role": "relay"},
+            tags={"cmlfleet:role": "relay", HEARTBEAT_TAG: str(int(time.time()))},
         )["QueueUrl"]
+        self._last_beat = time.monotonic()
         queue_arn = self._sqs.get_queue_attributes(
             QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
         )["Attributes"]["QueueArn"]
@@ -98,6 +102,13 @@ class SqsEventBus:
         else:
             logger.info("relay queue deleted", queue_url=self.queue_url)
 
+    def _beat(self) -> None:
+        """Tell the reaper this queue's relay is alive (it removes queues that go quiet)."""
+        if time.monotonic() - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._sqs.tag_queue(QueueUrl=self.queue_url, Tags={HEARTBEAT_TAG: str(int(time.time()))})
+        self._last_beat = time.monotonic()
+
     def seconds_since_receive(self) -> float | None:
         """Seconds since the queue last answered (set up, or a poll, empty or not)."""
         last = self._last_receive
@@ -106,6 +117,7 @@ class SqsEventBus:
     def _drain(self, sink: EventSink) -> None:
         while not self._stop.is_set():
             try:
+                self._beat()
                 self._receive_once(sink)
             except Exception:
                 logger.exception("receiving from the relay queue failed; retrying")

@@ -68,6 +68,10 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed is not None
 
+    @property
+    def depth(self) -> int:
+        return len(self._frames) + len(self._pending_metrics)
+
     def offer(self, frame: bytes, event_id: str | None = None) -> bool:
         """Queue a frame; `False` if the buffer is full (the caller decides what follows)."""
         if self._closed is not None or (event_id is not None and event_id in self._skip):
@@ -170,6 +174,10 @@ class Hub:
     @property
     def client_count(self) -> int:
         return len(self._subscriptions)
+
+    def queue_depths(self) -> list[int]:
+        """Frames waiting per client (what backpressure watches)."""
+        return [s.depth for s in self._subscriptions.values()]
 
     def subscribe(self, principal: Principal | None = None) -> Subscription:
         if not self.accepting:

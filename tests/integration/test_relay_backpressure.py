@@ -270,3 +270,23 @@ def test_metrics_of_many_workers_reach_a_client_as_one_batch_frame(
     assert [e["id"] for e in events] == [e.id for e in sent]
     assert batch.id == sent[-1].id  # the cursor moves to the newest event in the batch
     assert events[2]["data"]["cpu_utilization"] == 12.0
+
+
+def test_the_metrics_endpoint_reports_clients_deliveries_cutoffs_and_latencies(
+    relay_thread: Callable[..., RelayThread],
+) -> None:
+    relay = relay_thread()
+    with SseStream(f"{relay.url}/api/events/stream") as stream:
+        stream.next()
+        relay.publish([status_event(2), status_event(3)])
+        stream.collect(2, event_type="worker.status.updated")
+        text = httpx.get(f"{relay.url}/api/events/metrics", timeout=5).text
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert samples["cmlfleet_relay_clients"] == "1"
+    assert samples["cmlfleet_relay_deliveries_total"] == "2"
+    assert samples["cmlfleet_relay_published_total"] == "2"
+    assert int(samples["cmlfleet_relay_broadcast_seconds_count"]) >= 1
+    assert float(samples['cmlfleet_relay_broadcast_seconds{quantile="0.99"}']) > 0
+    assert "# TYPE cmlfleet_relay_client_queue_depth_max gauge" in text

@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from cmlfleet.adapters.publisher import SnsEventPublisher
 from cmlfleet.events.catalog import WorkerStatusUpdated
 from cmlfleet.events.envelope import CloudEvent, make_event
+from cmlfleet.services.reaper import reap_relay_queues
 from devstack.relayproc import PYTHONPATH
 from tests.integration.conftest import MotoEndpoint, RelayFactory
 from tests.sse_client import SseStream
@@ -181,3 +183,32 @@ def run_relay_with(settings: dict[str, str]) -> subprocess.CompletedProcess[str]
         timeout=60,
         check=False,
     )
+
+
+def test_the_queue_of_a_killed_relay_is_removed_by_the_reaper(
+    start_relay: RelayFactory, moto_endpoint: MotoEndpoint, topic_arn: str
+) -> None:
+    sqs, sns = moto_endpoint.client("sqs"), moto_endpoint.client("sns")
+    killed = start_relay(RELAY_TASK_ID="task-killed")
+    assert killed.process is not None
+    killed.process.kill()  # no goodbye, no cleanup
+    killed.process.wait(10)
+    survivor = start_relay(RELAY_TASK_ID="task-alive")
+    assert len(sqs.list_queues(QueueNamePrefix="cmlfleet-relay-task-")["QueueUrls"]) == 2
+
+    result = reap_relay_queues(
+        sqs,
+        sns,
+        topic_arn=topic_arn,
+        prefix="cmlfleet-relay-task-killed",
+        stale_after=600,
+        now=time.time() + 3600,  # an hour later, the dead one never beat again
+    )
+
+    assert [url.rsplit("/", 1)[-1] for url in result.deleted] == ["cmlfleet-relay-task-killed"]
+    names = [
+        u.rsplit("/", 1)[-1]
+        for u in sqs.list_queues(QueueNamePrefix="cmlfleet-relay-task-")["QueueUrls"]
+    ]
+    assert names == ["cmlfleet-relay-task-alive"]
+    assert survivor.stop() == 0

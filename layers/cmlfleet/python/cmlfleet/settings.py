@@ -39,6 +39,9 @@ class FleetSettings(BaseSettings):
     metrics_threshold_points: float = Field(default=5.0, ge=0, le=100)
     metrics_keepalive_seconds: int = Field(default=600, ge=60)
     labs_refresh_min_interval_seconds: int = Field(default=10, ge=0, le=3600)
+    # Relay queues (the reaper removes those of dead relay tasks).
+    relay_queue_prefix: str = Field(default="cmlfleet-relay", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    relay_queue_stale_seconds: int = Field(default=600, ge=120)
 
 
 def describe_validation_error(error: ValidationError) -> str:
