@@ -8,7 +8,7 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast run event token bench bench-jobs bench-local clean lock
+.PHONY: help venv lint typecheck test test-fast run event token bench bench-jobs bench-local bench-relay clean lock
 
 help:
 	@echo "make run    start the local stack (moto, simulated fleet, relay) and print where to connect"
@@ -48,13 +48,18 @@ token: $(STAMP)
 event: $(STAMP)
 	$(PY) -m devstack ec2-event $(ARGS)
 
-bench: bench-jobs bench-local
+bench: bench-jobs bench-local bench-relay
 
 bench-jobs: $(STAMP)
 	$(PY) -m benchmarks.jobs --workers 1000
 
 bench-local: $(STAMP)
 	$(PY) -m benchmarks.local_latency
+
+# The relay against Pushpin (Debian's package, installed when absent).
+bench-relay: $(STAMP)
+	@command -v pushpin >/dev/null || { apt-get update -qq && apt-get install -y -qq pushpin; }
+	$(PY) -m benchmarks.relay --out .devstack/relay-bench.json
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude pip > requirements/constraints.txt.new

@@ -24,6 +24,7 @@ from relay.app import Relay, create_app
 from relay.auth import StreamAuthenticator
 from relay.bus import SqsEventBus
 from relay.history import DynamoDbEventLog
+from relay.runtime import tune_garbage_collector
 from relay.settings import RelaySettings, load_relay_settings
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -110,6 +111,7 @@ def main() -> int:
         access_log=False,
     )
     server = RelayServer(config, app.state.relay)
+    tune_garbage_collector()
     server.run()
     return 0
 

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from cmlfleet.events.catalog import (
     AuthExpired,
@@ -27,7 +29,7 @@ from cmlfleet.timeutil import utc_now
 from relay.auth import StreamAuthenticator
 from relay.frames import delivery, relay_event_frame
 from relay.history import DynamoDbEventLog, EventRing, Replay
-from relay.hub import Hub, Subscription, SubscriptionClosedError
+from relay.hub import Hub, Interest, Subscription, SubscriptionClosedError
 from relay.observability import LatencyWindow, prometheus_text, tracer
 from relay.response import EventStreamResponse
 from relay.settings import RelaySettings
@@ -182,40 +184,12 @@ def create_app(
     app = FastAPI(title="CML Fleet relay", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.relay = relay
 
-    @app.get("/api/events/stream", response_model=None)
-    async def stream(
-        request: Request, last_event_id: str | None = None, ticket: str | None = None
-    ) -> Response:
-        """The live event stream (text/event-stream).
-
-        `Last-Event-ID` (sent by EventSource when it reconnects), or `last_event_id` for a
-        first connect, replays what the client missed before live events follow.
-        """
-        if not relay.hub.accepting:
-            return JSONResponse(
-                {"error": "relay is shutting down"}, status_code=503, headers={"Retry-After": "1"}
-            )
-        try:
-            # Ticket redemption and key fetches block: keep them off the event loop.
-            principal = await asyncio.to_thread(
-                authenticator.authenticate, ticket, request.headers.get("authorization")
-            )
-        except AuthenticationError as error:
-            relay.hub.stats["rejected_unauthenticated"] += 1
-            return JSONResponse(
-                {"error": {"code": "unauthorized", "message": error.reason}},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        cursor = (request.headers.get("last-event-id") or last_event_id or "").strip()[:128]
-        # Registered for live events before history is read: nothing falls in the gap.
-        subscription = relay.hub.subscribe(principal)
-        return EventStreamResponse(
-            _frames(relay, subscription, cursor or None),
-            headers=STREAM_HEADERS,
-            send_timeout=settings.relay_send_timeout_seconds,
-            on_send_timeout=lambda: relay.hub.stats.update(["cutoffs_send_timeout"]),
-        )
+    # A plain ASGI endpoint, not a FastAPI route: every stream lives for hours, and the
+    # framework's per-request machinery (dependency scopes, exit stacks) held ~6 KiB per
+    # connection for nothing (BENCHMARKS.md, memory per idle connection).
+    app.router.routes.insert(
+        0, Route("/api/events/stream", StreamEndpoint(relay, authenticator), methods=["GET"])
+    )
 
     @app.get("/api/events/health")
     async def health() -> JSONResponse:
@@ -257,6 +231,64 @@ def create_app(
         )
 
     return app
+
+
+class StreamEndpoint:
+    """`GET /api/events/stream`: authenticate, register, replay, then live events.
+
+    `Last-Event-ID` (sent by EventSource when it reconnects), or `last_event_id` for a
+    first connect, replays what the client missed before live events follow.
+    """
+
+    def __init__(self, relay: Relay, authenticator: StreamAuthenticator) -> None:
+        self._relay, self._authenticator = relay, authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._respond(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _respond(self, request: Request) -> Response:
+        relay, settings = self._relay, self._relay.settings
+        if not relay.hub.accepting:
+            return JSONResponse(
+                {"error": "relay is shutting down"}, status_code=503, headers={"Retry-After": "1"}
+            )
+        try:
+            # Ticket redemption and key fetches block: keep them off the event loop.
+            principal = await asyncio.to_thread(
+                self._authenticator.authenticate,
+                request.query_params.get("ticket"),
+                request.headers.get("authorization"),
+            )
+        except AuthenticationError as error:
+            relay.hub.stats["rejected_unauthenticated"] += 1
+            return JSONResponse(
+                {"error": {"code": "unauthorized", "message": error.reason}},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        cursor = (
+            request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
+        ).strip()[:128]
+        interest = Interest(
+            worker_ids=_listed(request.query_params.get("worker_ids")),
+            event_types=_listed(request.query_params.get("event_types")),
+        )
+        # Registered for live events before history is read: nothing falls in the gap.
+        subscription = relay.hub.subscribe(principal, interest)
+        return EventStreamResponse(
+            _frames(relay, subscription, cursor or None),
+            headers=STREAM_HEADERS,
+            send_timeout=settings.relay_send_timeout_seconds,
+            on_send_timeout=lambda: relay.hub.stats.update(["cutoffs_send_timeout"]),
+        )
+
+
+def _listed(value: str | None) -> frozenset[str]:
+    """A comma-separated query parameter as a set (bounded: it is the client's input)."""
+    if not value:
+        return frozenset()
+    return frozenset(item.strip()[:128] for item in value.split(",")[:500] if item.strip())
 
 
 async def _frames(

@@ -40,7 +40,14 @@ def delivery(event: CloudEvent) -> Delivery:
     if event.type == METRICS_EVENT:
         # No AWS-internal fields in metrics: one frame for all, and it may be coalesced.
         return Delivery(
-            event.id, event.owner, full, full, event.subject, _one_line_json(wire_data(event))
+            event.id,
+            event.owner,
+            full,
+            full,
+            event.subject,
+            event.type,
+            event.subject,
+            _one_line_json(wire_data(event)),
         )
     if event.type == WorkerCreated.event_type:
         view = WorkerView.model_validate(event.data["worker"])
@@ -51,7 +58,7 @@ def delivery(event: CloudEvent) -> Delivery:
             event=event.type,
             data=_one_line_json(wire_data(event) | {"data": data}),
         ).encode()
-    return Delivery(event.id, event.owner, full, masked)
+    return Delivery(event.id, event.owner, full, masked, event.subject, event.type)
 
 
 def relay_event_frame(payload: EventData, *, retry_ms: int | None = None) -> bytes:

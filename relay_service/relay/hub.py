@@ -42,18 +42,38 @@ class Delivery:
     owner: str
     full: bytes
     masked: bytes
+    worker_id: str = ""
+    event_type: str = ""
     metrics_of: str | None = None  # a metrics event's worker id: it may be coalesced
     wire_json: str = ""  # its wire object as one JSON line, for a batch frame
+
+
+@dataclass(frozen=True)
+class Interest:
+    """What a client asked for (`worker_ids`, `event_types`); empty means everything."""
+
+    worker_ids: frozenset[str] = frozenset()
+    event_types: frozenset[str] = frozenset()
+
+    def wants(self, delivery: Delivery) -> bool:
+        if self.worker_ids and delivery.worker_id not in self.worker_ids:
+            return False
+        return not self.event_types or delivery.event_type in self.event_types
 
 
 class Subscription:
     """One connected client's bounded buffer of frames, and what it may see."""
 
     def __init__(
-        self, limit: int, principal: Principal | None = None, metrics_window: float = 0.0
+        self,
+        limit: int,
+        principal: Principal | None = None,
+        metrics_window: float = 0.0,
+        interest: Interest | None = None,
     ) -> None:
         self.client_id = uuid.uuid4().hex
         self.principal = principal
+        self.interest = interest or Interest()
         # Metrics events wait this long to be coalesced per worker into one batch frame.
         self._metrics_window = metrics_window
         self._pending_metrics: dict[str, tuple[str, str]] = {}  # worker → (event id, json)
@@ -111,6 +131,8 @@ class Subscription:
 
     def frame_for(self, delivery: Delivery) -> bytes | None:
         """This client's frame of the event, or None if it may not see it at all."""
+        if not self.interest.wants(delivery):
+            return None
         principal = self.principal
         if principal is None or principal.sees_everything:
             return delivery.full
@@ -179,10 +201,12 @@ class Hub:
         """Frames waiting per client (what backpressure watches)."""
         return [s.depth for s in self._subscriptions.values()]
 
-    def subscribe(self, principal: Principal | None = None) -> Subscription:
+    def subscribe(
+        self, principal: Principal | None = None, interest: Interest | None = None
+    ) -> Subscription:
         if not self.accepting:
             raise RuntimeError("the hub is shutting down")
-        subscription = Subscription(self._limit, principal, self._metrics_window)
+        subscription = Subscription(self._limit, principal, self._metrics_window, interest)
         self._subscriptions[subscription.client_id] = subscription
         self.stats["connects"] += 1
         return subscription

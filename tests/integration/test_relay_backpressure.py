@@ -290,3 +290,29 @@ def test_the_metrics_endpoint_reports_clients_deliveries_cutoffs_and_latencies(
     assert int(samples["cmlfleet_relay_broadcast_seconds_count"]) >= 1
     assert float(samples['cmlfleet_relay_broadcast_seconds{quantile="0.99"}']) > 0
     assert "# TYPE cmlfleet_relay_client_queue_depth_max gauge" in text
+
+
+def test_a_client_may_ask_for_some_workers_and_event_types_only(
+    relay_thread: Callable[..., RelayThread],
+) -> None:
+    relay = relay_thread(relay_metrics_window_ms=0)
+    wanted = status_event(2)  # worker w-1
+    other_worker = make_event(
+        WorkerStatusUpdated(
+            worker_id="w-2",
+            old_status="running",
+            new_status="stopping",
+            ec2_state=None,
+            transition_started_at=None,
+        ),
+        worker_id="w-2",
+        version=2,
+        owner="alice",
+    )
+    other_type = metrics_event("w-1", 50.0)
+    url = f"{relay.url}/api/events/stream?worker_ids=w-1,w-9&event_types=worker.status.updated"
+    with SseStream(url) as stream:
+        stream.next()
+        relay.publish([other_worker, other_type, wanted])
+        got = stream.wait_for(lambda e: e.event != "heartbeat")
+    assert got.id == wanted.id

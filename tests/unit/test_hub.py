@@ -103,7 +103,16 @@ def test_unsubscribing_twice_counts_one_disconnect() -> None:
 def metrics_delivery(worker: str, event_id: str, cpu: float) -> Delivery:
     wire = json.dumps({"id": event_id, "worker_id": worker, "data": {"cpu_utilization": cpu}})
     frame = f"id: {event_id}\nevent: worker.metrics.updated\ndata: {wire}\n\n".encode()
-    return Delivery(event_id, "alice", frame, frame, worker, wire)
+    return Delivery(
+        event_id,
+        "alice",
+        frame,
+        frame,
+        worker_id=worker,
+        event_type="worker.metrics.updated",
+        metrics_of=worker,
+        wire_json=wire,
+    )
 
 
 def test_metrics_for_one_worker_within_the_window_are_coalesced_to_the_newest() -> None:

@@ -1,0 +1,1 @@
+"""Helpers of `python -m benchmarks.relay`: servers, SSE client workers, process stats."""
