@@ -55,7 +55,11 @@ class Relay:
     ) -> None:
         self.settings = settings
         self.bus = bus
-        self.hub = Hub(settings.relay_client_buffer, settings.relay_metrics_window_ms / 1000)
+        self.hub = Hub(
+            settings.relay_client_buffer,
+            settings.relay_metrics_window_ms / 1000,
+            settings.relay_client_buffer_bytes,
+        )
         self.ring = EventRing(settings.relay_ring_size)
         self.broadcast_latency = LatencyWindow()
         self.replay_latency = LatencyWindow()

@@ -1,8 +1,9 @@
 """The hub: fans frames out to subscribers. It knows neither HTTP nor SQS.
 
-Every subscriber has a bounded buffer. `publish` never waits: a subscriber whose buffer
-is full is cut off (it reconnects and resumes from its last event id) so one slow client
-can never hold up the others. Everything here runs on the event loop's thread.
+Every subscriber has a buffer bounded in frames and in bytes. `publish` never waits: a
+subscriber whose buffer is full is cut off (it reconnects and resumes from its last event
+id), so one slow client can never hold up the others. Everything here runs on the event
+loop's thread.
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ class Subscription:
         principal: Principal | None = None,
         metrics_window: float = 0.0,
         interest: Interest | None = None,
+        byte_limit: int = 4 * 1024 * 1024,
     ) -> None:
         self.client_id = uuid.uuid4().hex
+        self._byte_limit = byte_limit
+        self._bytes = 0
         self.principal = principal
         self.interest = interest or Interest()
         # Metrics events wait this long to be coalesced per worker into one batch frame.
@@ -96,10 +100,11 @@ class Subscription:
         """Queue a frame; `False` if the buffer is full (the caller decides what follows)."""
         if self._closed is not None or (event_id is not None and event_id in self._skip):
             return True
-        if len(self._frames) >= self._limit:
+        if len(self._frames) >= self._limit or self._bytes + len(frame) > self._byte_limit:
             return False
         self._flush_metrics()  # what came before goes out before: order is kept
         self._frames.append((event_id, frame))
+        self._bytes += len(frame)
         self._wakeup.set()
         return True
 
@@ -128,6 +133,7 @@ class Subscription:
                 id=pending[-1][0], event=METRICS_BATCH_EVENT, data='{"events":[' + events + "]}"
             ).encode()
         self._frames.append((pending[-1][0], frame))
+        self._bytes += len(frame)
 
     def frame_for(self, delivery: Delivery) -> bytes | None:
         """This client's frame of the event, or None if it may not see it at all."""
@@ -148,6 +154,7 @@ class Subscription:
         """
         self._skip |= event_ids
         self._frames = deque((i, f) for i, f in self._frames if i is None or i not in self._skip)
+        self._bytes = sum(len(f) for _, f in self._frames)
         self._pending_metrics = {
             w: (i, j) for w, (i, j) in self._pending_metrics.items() if i not in self._skip
         }
@@ -180,14 +187,21 @@ class Subscription:
             raise self._closed
         frames = [frame for _, frame in self._frames]
         self._frames.clear()
+        self._bytes = 0
         return frames
 
 
 class Hub:
     """Subscribers and fan-out; counts what happened for the metrics endpoint."""
 
-    def __init__(self, client_buffer_limit: int = 1000, metrics_window: float = 0.0) -> None:
+    def __init__(
+        self,
+        client_buffer_limit: int = 1000,
+        metrics_window: float = 0.0,
+        client_buffer_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._limit = client_buffer_limit
+        self._byte_limit = client_buffer_bytes
         self._metrics_window = metrics_window
         self._subscriptions: dict[str, Subscription] = {}
         self.accepting = True
@@ -206,7 +220,9 @@ class Hub:
     ) -> Subscription:
         if not self.accepting:
             raise RuntimeError("the hub is shutting down")
-        subscription = Subscription(self._limit, principal, self._metrics_window, interest)
+        subscription = Subscription(
+            self._limit, principal, self._metrics_window, interest, self._byte_limit
+        )
         self._subscriptions[subscription.client_id] = subscription
         self.stats["connects"] += 1
         return subscription

@@ -27,6 +27,7 @@ class RelaySettings(BaseSettings):
     relay_retry_ms: int = Field(default=3000, ge=0, le=600_000)
     relay_poll_wait_seconds: int = Field(default=20, ge=0, le=20)
     relay_client_buffer: int = Field(default=1000, ge=1, le=1_000_000)
+    relay_client_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=1 << 30)
     relay_shutdown_min_ms: int = Field(default=500, ge=0)
     relay_shutdown_max_ms: int = Field(default=5000, ge=0)
     relay_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)

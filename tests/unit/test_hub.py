@@ -163,3 +163,17 @@ def test_without_a_window_metrics_go_out_one_by_one() -> None:
         assert len(await subscription.next_frames(1)) == 2
 
     run(scenario())
+
+
+def test_a_subscriber_is_also_cut_off_when_its_buffer_exceeds_its_bytes() -> None:
+    async def scenario() -> None:
+        hub = Hub(client_buffer_limit=1000, client_buffer_bytes=10_000)
+        slow, healthy = hub.subscribe(), hub.subscribe()
+        hub.publish(b"x" * 6_000)
+        assert await healthy.next_frames(1) == [b"x" * 6_000]
+        hub.publish(b"y" * 6_000)  # slow now holds 12,000 bytes' worth: over its limit
+        assert slow.closed
+        assert hub.stats["cutoffs_slow_client"] == 1
+        assert await healthy.next_frames(1) == [b"y" * 6_000]
+
+    run(scenario())
