@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from cmlfleet.timeutil import format_rfc3339, utc_now
+from cmlfleet.timeutil import utc_now
 
 DETAIL_TYPE = "EC2 Instance State-change Notification"
 EC2_STATES = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
@@ -48,20 +48,3 @@ def put_state_change(
     if response.get("FailedEntryCount"):
         raise RuntimeError(f"put_events failed: {response['Entries']}")
     return str(response["Entries"][0]["EventId"])
-
-
-def sample_notification(
-    instance_id: str, state: str, *, event_id: str, time: datetime
-) -> dict[str, Any]:
-    """The event as the Lambda function receives it (for tests and docs)."""
-    return {
-        "version": "0",
-        "id": event_id,
-        "detail-type": DETAIL_TYPE,
-        "source": "aws.ec2",
-        "account": "123456789012",
-        "time": format_rfc3339(time),
-        "region": "us-east-1",
-        "resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"],
-        "detail": {"instance-id": instance_id, "state": state},
-    }

@@ -23,10 +23,9 @@ from cmlfleet.domain.load import MetricsPolicy, MetricsSample, apply_labs, apply
 from cmlfleet.domain.status import WorkerStatus
 from cmlfleet.domain.worker import Change, Worker
 from cmlfleet.events.catalog import LabSummary
-from cmlfleet.events.envelope import envelopes
+from cmlfleet.services.changes import save_change
 
 logger = Logger(child=True)
-MAX_SAVE_ATTEMPTS = 4
 DEFAULT_POLICY = MetricsPolicy()
 
 
@@ -249,26 +248,15 @@ def _save_with_retries(
     decide: Callable[[Worker], Change | None],
     source: str,
 ) -> bool:
-    """Apply `decide` and save; on a concurrent write, re-read and decide again."""
-    for _ in range(MAX_SAVE_ATTEMPTS):
-        change = decide(worker)
-        if change is None:
-            return False
-        events = envelopes(
-            change.events,
-            worker_id=worker.worker_id,
-            owner=worker.owner,
-            version=change.worker.version,
+    """Save the worker's change; a worker that stopped running meanwhile is left alone."""
+    try:
+        saved = save_change(
+            repository,
+            worker,
+            lambda current: decide(current) if current.status == WorkerStatus.RUNNING else None,
             source=source,
         )
-        try:
-            repository.save(change.worker, events, expected_version=worker.version)
-        except ConcurrentModificationError:
-            fresh = repository.get(worker.worker_id)
-            if fresh is None or fresh.status != WorkerStatus.RUNNING:
-                return False
-            worker = fresh
-            continue
-        return True
-    logger.warning("gave up saving after concurrent writes", worker_id=worker.worker_id)
-    return False
+    except ConcurrentModificationError:
+        logger.warning("gave up saving after concurrent writes", worker_id=worker.worker_id)
+        return False
+    return saved.change is not None

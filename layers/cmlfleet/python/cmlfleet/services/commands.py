@@ -20,7 +20,6 @@ from cmlfleet.adapters.ec2 import (
     LaunchSpec,
 )
 from cmlfleet.adapters.repository import (
-    ConcurrentModificationError,
     InstanceTakenError,
     WorkerRepository,
 )
@@ -36,9 +35,8 @@ from cmlfleet.events.catalog import WorkerView
 from cmlfleet.events.envelope import envelopes
 from cmlfleet.identity import Principal
 from cmlfleet.ids import new_worker_id
+from cmlfleet.services.changes import save_change
 from cmlfleet.timeutil import utc_now
-
-MAX_SAVE_ATTEMPTS = 4
 
 
 class WorkerNotFoundError(Exception):
@@ -206,18 +204,15 @@ class WorkerCommands:
             if error.conflicts_with_state:
                 raise IllegalTransitionError(worker, action.value) from error
             raise
-        for _ in range(MAX_SAVE_ATTEMPTS):
+
+        def decide_now(current: Worker) -> Change | None:
             try:
-                change = decide(worker, by=principal.username, now=self._clock())
+                return decide(current, by=principal.username, now=self._clock())
             except IllegalTransitionError:
-                return worker.view()  # EC2's own report got there first; nothing to add
-            try:
-                self._save(change, expected_version=worker.version)
-            except ConcurrentModificationError:
-                worker = self._visible(principal, worker_id)
-                continue
-            return change.worker.view()
-        raise ConcurrentModificationError(f"worker {worker_id}: too many concurrent writers")
+                return None  # EC2's own report got there first; nothing to add
+
+        saved = save_change(self._repository, worker, decide_now, source=self._source)
+        return (saved.worker or worker).view()
 
     def _visible(self, principal: Principal, worker_id: str) -> Worker:
         return find_visible(self._repository, principal, worker_id)

@@ -10,15 +10,14 @@ from typing import Any, Literal
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cmlfleet.adapters.repository import ConcurrentModificationError, WorkerRepository
+from cmlfleet.adapters.repository import WorkerRepository
 from cmlfleet.domain.worker import Worker, apply_ec2_state
-from cmlfleet.events.envelope import envelopes
+from cmlfleet.services.changes import save_change
 from cmlfleet.timeutil import UtcDateTime, utc_now
 
 logger = Logger(child=True)
 
 DETAIL_TYPE = "EC2 Instance State-change Notification"
-MAX_SAVE_ATTEMPTS = 4
 
 
 class InvalidNotificationError(ValueError):
@@ -89,29 +88,19 @@ def record_state_change(
     """
     detail = notification.detail
     outcome = StateChangeOutcome("unchanged", detail.instance_id, detail.state, worker.worker_id)
-    for _ in range(MAX_SAVE_ATTEMPTS):
-        change = apply_ec2_state(worker, detail.state, observed_at=notification.time, now=clock())
-        if change is None:
-            outcome.version = worker.version
-            return outcome
-        events = envelopes(
-            change.events,
-            worker_id=worker.worker_id,
-            owner=worker.owner,
-            version=change.worker.version,
-            source=source,
-        )
-        try:
-            repository.save(change.worker, events, expected_version=worker.version)
-        except ConcurrentModificationError:
-            logger.info("worker changed concurrently; retrying", worker_id=worker.worker_id)
-            fresh = repository.get(worker.worker_id)
-            if fresh is None:
-                outcome.status = "ignored"
-                return outcome
-            worker = fresh
-            continue
-        outcome.status, outcome.version = "applied", change.worker.version
-        outcome.events = [event.type for event in events]
-        return outcome
-    raise ConcurrentModificationError(f"worker {worker.worker_id}: too many concurrent writers")
+    saved = save_change(
+        repository,
+        worker,
+        lambda current: apply_ec2_state(
+            current, detail.state, observed_at=notification.time, now=clock()
+        ),
+        source=source,
+    )
+    if saved.worker is None:
+        outcome.status = "ignored"
+    elif saved.change is None:
+        outcome.version = saved.worker.version
+    else:
+        outcome.status, outcome.version = "applied", saved.worker.version
+        outcome.events = [payload.event_type for payload in saved.change.events]
+    return outcome
