@@ -1,11 +1,24 @@
 """From `template.yaml` to a CloudFormation template moto can create, plus what it skips.
 
 The SAM translator turns the template into plain CloudFormation offline. Before moto sees
-it, three things are rewritten, and recorded so the local runner can stand in for them:
+it, these things are rewritten, and recorded so the local runner can stand in for them:
 local `CodeUri`/`ContentUri` become `s3://` URIs (as `sam package` does); every Lambda
 target of an EventBridge rule becomes an SQS tap queue (moto's `put_events` fails on a
-Lambda target); and DynamoDB event source mappings are taken out (moto would try to run
-the function in Docker and then drop the stream records).
+Lambda target); DynamoDB event source mappings are taken out (moto would try to run
+the function in Docker and then drop the stream records); schedules and secrets are
+taken out (the runner fires and creates them).
+
+What exists only on AWS is localized too, never weakened in the template itself:
+
+- resource types moto's CloudFormation does not model (`NOT_IN_MOTO`: Cognito, alarms,
+  autoscaling) are dropped, and every `Ref`/`GetAtt`/`${...}` to one becomes a
+  placeholder string, so the default (Cognito) configuration creates in moto as well;
+- the VPC and subnets the stack is deployed into are parameters on AWS; moto's load
+  balancer needs subnets that exist, so a small VPC with two subnets is added to the
+  local template and stands for `VpcId`, `PublicSubnetIds` and `PrivateSubnetIds`;
+- the other deploy-only parameters (domain, certificate, relay image) get local values
+  (`LOCAL_DEFAULTS`) unless given; the certificate is an IAM server-certificate ARN,
+  which moto's HTTPS listener accepts without an ACM certificate behind it.
 """
 
 from __future__ import annotations
@@ -21,6 +34,31 @@ from samtranslator.yaml_helper import yaml_parse
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_PATH = ROOT / "template.yaml"
+# Types moto 5.x CloudFormation does not model (it would warn and skip them), with what
+# stands in for each locally. `tests/template` checks that every other type is modeled.
+NOT_IN_MOTO = {
+    "AWS::Cognito::UserPool": "the development issuer (devstack/issuer.py)",
+    "AWS::Cognito::UserPoolGroup": "roles in the development issuer's tokens",
+    "AWS::Cognito::UserPoolClient": "the development issuer's audience",
+    "AWS::Cognito::UserPoolDomain": "the development issuer's /auth pages",
+    "AWS::CloudWatch::Alarm": "nothing: moto never evaluates alarms",
+    "AWS::ApplicationAutoScaling::ScalableTarget": "nothing: one local relay process",
+    "AWS::ApplicationAutoScaling::ScalingPolicy": "nothing: one local relay process",
+}
+# Types moto skips with a warning and the runner makes through the API instead.
+SKIPPED_BY_MOTO = frozenset({"AWS::SNS::Subscription", "AWS::SQS::QueuePolicy"})
+# Deploy-only parameters and their local values (unless the caller gives them).
+LOCAL_DEFAULTS = {
+    "DomainName": "cmlfleet.localhost",
+    "CertificateArn": "arn:aws:iam::123456789012:server-certificate/cmlfleet-local",
+    "RelayImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/cmlfleet-relay:local",
+}
+# Network parameters → the local VPC's resources that stand for them.
+LOCAL_NETWORK = {
+    "VpcId": {"Ref": "LocalVpc"},
+    "PublicSubnetIds": [{"Ref": "LocalSubnetA"}, {"Ref": "LocalSubnetB"}],
+    "PrivateSubnetIds": [{"Ref": "LocalSubnetA"}, {"Ref": "LocalSubnetB"}],
+}
 SERVERLESS_CODE = {
     "AWS::Serverless::Function": "CodeUri",
     "AWS::Serverless::LayerVersion": "ContentUri",
@@ -86,6 +124,7 @@ class LocalTemplate:
     subscriptions: list[dict[str, Any]]
     schedules: list[Schedule]
     secrets: list[Secret]
+    dropped: dict[str, str]  # logical id → type, of the resources moto cannot create
 
 
 class _OfflinePolicyLoader:
@@ -138,17 +177,119 @@ def localize(
     resources = cfn["Resources"]
     taps = _replace_lambda_targets(resources)
     streams = _take_out_stream_mappings(resources)
-    subscriptions = [
-        props["Properties"]
-        for props in resources.values()
-        if props.get("Type") == "AWS::SNS::Subscription"
-    ]
     values = _parameter_values(cfn, parameters or {})
+    subscriptions = [
+        resource["Properties"]
+        for resource in resources.values()
+        if resource.get("Type") == "AWS::SNS::Subscription"
+        and _condition_holds(cfn, resource.get("Condition"), values)
+    ]
     schedules = _take_out_schedules(resources, values)
     secrets = _take_out_secrets(cfn)
+    dropped = _drop_what_moto_cannot_create(cfn)
+    _give_local_values(cfn, parameters or {})
+    _add_local_network(cfn)
     return LocalTemplate(
-        cfn, function_sources(sam), artifacts, taps, streams, subscriptions, schedules, secrets
+        cfn,
+        function_sources(sam),
+        artifacts,
+        taps,
+        streams,
+        subscriptions,
+        schedules,
+        secrets,
+        dropped,
     )
+
+
+def _drop_what_moto_cannot_create(cfn: dict[str, Any]) -> dict[str, str]:
+    """Remove `NOT_IN_MOTO` resources; what referred to one gets a placeholder string."""
+    resources = cfn["Resources"]
+    dropped = {rid: r["Type"] for rid, r in resources.items() if r.get("Type") in NOT_IN_MOTO}
+    for logical_id in dropped:
+        del resources[logical_id]
+    cfn["Resources"] = _replace_references(resources, dropped)
+    cfn["Outputs"] = _replace_references(cfn.get("Outputs", {}), dropped)
+    return dropped
+
+
+def _placeholder(logical_id: str, attribute: str | None = None) -> str:
+    return f"local-{logical_id}" + (f"-{attribute}" if attribute else "")
+
+
+def _replace_references(node: Any, gone: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"Ref"} and node["Ref"] in gone:
+            return _placeholder(node["Ref"])
+        if set(node) == {"Fn::GetAtt"}:
+            target, attribute = _get_att(node["Fn::GetAtt"])
+            if target in gone:
+                return _placeholder(target, attribute)
+        if set(node) == {"Fn::Sub"}:
+            return {"Fn::Sub": _replace_in_sub(node["Fn::Sub"], gone)}
+        return {key: _replace_references(value, gone) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_replace_references(item, gone) for item in node]
+    return node
+
+
+def _get_att(argument: Any) -> tuple[str, str]:
+    target, attribute = argument if isinstance(argument, list) else argument.split(".", 1)
+    return str(target), str(attribute)
+
+
+def _replace_in_sub(argument: Any, gone: dict[str, str]) -> Any:
+    text, variables = (argument, {}) if isinstance(argument, str) else argument
+    for logical_id in gone:
+        text = text.replace("${" + logical_id + "}", _placeholder(logical_id))
+    if not variables:
+        return text
+    return [text, _replace_references(variables, gone)]
+
+
+def _give_local_values(cfn: dict[str, Any], given: dict[str, str]) -> None:
+    for name, value in LOCAL_DEFAULTS.items():
+        spec = cfn.get("Parameters", {}).get(name)
+        if spec is not None and name not in given:
+            spec["Default"] = value
+
+
+def _add_local_network(cfn: dict[str, Any]) -> None:
+    """A VPC with two subnets stands for the network parameters (moto checks subnets)."""
+    parameters = cfn.get("Parameters", {})
+    used = {name: stand_in for name, stand_in in LOCAL_NETWORK.items() if name in parameters}
+    if not used:
+        return
+    for name in used:
+        del parameters[name]
+
+    def replace(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {"Ref"} and node["Ref"] in used:
+                return copy.deepcopy(used[node["Ref"]])
+            return {key: replace(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [replace(item) for item in node]
+        return node
+
+    cfn["Resources"] = replace(cfn["Resources"])
+    cfn["Outputs"] = replace(cfn.get("Outputs", {}))
+    cfn["Resources"] |= {
+        "LocalVpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.80.0.0/16"}},
+        "LocalSubnetA": _local_subnet("10.80.0.0/20", 0),
+        "LocalSubnetB": _local_subnet("10.80.16.0/20", 1),
+    }
+
+
+def _local_subnet(cidr: str, zone: int) -> dict[str, Any]:
+    return {
+        "Type": "AWS::EC2::Subnet",
+        "Properties": {
+            "VpcId": {"Ref": "LocalVpc"},
+            "CidrBlock": cidr,
+            "AvailabilityZone": {"Fn::Select": [zone, {"Fn::GetAZs": ""}]},
+        },
+    }
 
 
 def _parameter_values(cfn: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
@@ -158,6 +299,33 @@ def _parameter_values(cfn: dict[str, Any], given: dict[str, str]) -> dict[str, s
         if "Default" in spec
     }
     return defaults | given
+
+
+def _condition_holds(cfn: dict[str, Any], name: str | None, parameters: dict[str, str]) -> bool:
+    """Evaluate a template condition (Equals/Not/And/Or over parameters), as CloudFormation."""
+    if name is None:
+        return True
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict) and set(node) == {"Ref"}:
+            return parameters.get(node["Ref"], "")
+        return node
+
+    def holds(node: Any) -> bool:
+        (function, argument), *_ = node.items()
+        if function == "Condition":
+            return holds(cfn["Conditions"][argument])
+        if function == "Fn::Equals":
+            return bool(str(value(argument[0])) == str(value(argument[1])))
+        if function == "Fn::Not":
+            return not holds(argument[0])
+        if function == "Fn::And":
+            return all(holds(item) for item in argument)
+        if function == "Fn::Or":
+            return any(holds(item) for item in argument)
+        raise ValueError(f"condition not understood locally: {node!r}")
+
+    return holds(cfn["Conditions"][name])
 
 
 def _take_out_schedules(resources: dict[str, Any], parameters: dict[str, str]) -> list[Schedule]:

@@ -29,13 +29,18 @@ from cmlfleet.adapters.repository import INSTANCE_INDEX
 from cmlfleet.settings import FleetSettings
 from devstack.stack import LOCAL_PARAMETERS
 from devstack.template import (
+    LOCAL_DEFAULTS,
+    LOCAL_NETWORK,
+    NOT_IN_MOTO,
     ROOT,
+    SKIPPED_BY_MOTO,
     LocalTemplate,
     load_sam_template,
     localize,
     transform_template,
 )
 from fleet_api.settings import ApiSettings
+from relay.settings import RelaySettings
 
 BUCKET = "cmlfleet-template-tests"
 STACK_NAME = "cmlfleet-template-test"
@@ -626,47 +631,53 @@ def _small_zip() -> bytes:
     return buffer.getvalue()
 
 
-def _wait_for_stack(cloudformation: Any, deadline_seconds: float = 30.0) -> dict[str, Any]:
+def _wait_for_stack(
+    cloudformation: Any, stack_name: str, deadline_seconds: float = 30.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + deadline_seconds
     while True:
-        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
         if not stack["StackStatus"].endswith("_IN_PROGRESS"):
             return stack
         assert time.monotonic() < deadline, f"stack still {stack['StackStatus']}"
         time.sleep(0.1)
 
 
+def _create_in_moto(
+    localized: LocalTemplate, parameters: dict[str, str], stack_name: str = STACK_NAME
+) -> dict[str, Any]:
+    """Create the localized stack in the active moto: its final description and physical ids."""
+    s3 = boto3.client("s3")
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    for key in localized.artifacts:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=_small_zip())
+    cloudformation = boto3.client("cloudformation")
+    with warnings.catch_warnings():
+        # moto skips AWS::SQS::QueuePolicy and says so (when it parses the template for
+        # any stack call); that is no template error.
+        warnings.filterwarnings("ignore", message="Tried to parse AWS::", category=UserWarning)
+        cloudformation.create_stack(
+            StackName=stack_name,
+            TemplateBody=json.dumps(localized.cloudformation),
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        )
+        stack = _wait_for_stack(cloudformation, stack_name)
+        pages = cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack_name)
+        physical = {
+            summary["LogicalResourceId"]: summary["PhysicalResourceId"]
+            for page in pages
+            for summary in page["StackResourceSummaries"]
+        }
+    return {"stack": stack, "physical": physical}
+
+
 @pytest.fixture(scope="module")
 def deployed(localized: LocalTemplate) -> Iterator[dict[str, Any]]:
-    """The localized stack created in moto: its final description and physical ids."""
+    """The localized stack created in moto (as the local stack creates it)."""
     with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET)
-        for key in localized.artifacts:
-            s3.put_object(Bucket=BUCKET, Key=key, Body=_small_zip())
-        cloudformation = boto3.client("cloudformation")
-        with warnings.catch_warnings():
-            # moto skips AWS::SQS::QueuePolicy and says so (when it parses the template for
-            # any stack call); that is no template error.
-            warnings.filterwarnings("ignore", message="Tried to parse AWS::", category=UserWarning)
-            cloudformation.create_stack(
-                StackName=STACK_NAME,
-                TemplateBody=json.dumps(localized.cloudformation),
-                Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
-                Parameters=[
-                    {"ParameterKey": k, "ParameterValue": v} for k, v in LOCAL_PARAMETERS.items()
-                ],
-            )
-            stack = _wait_for_stack(cloudformation)
-            pages = cloudformation.get_paginator("list_stack_resources").paginate(
-                StackName=STACK_NAME
-            )
-            physical = {
-                summary["LogicalResourceId"]: summary["PhysicalResourceId"]
-                for page in pages
-                for summary in page["StackResourceSummaries"]
-            }
-        yield {"stack": stack, "physical": physical}
+        yield _create_in_moto(localized, LOCAL_PARAMETERS)
 
 
 def test_the_localized_template_creates_a_stack_in_moto(deployed: dict[str, Any]) -> None:
@@ -762,3 +773,529 @@ def test_the_cml_credentials_are_a_generated_secret_only_the_cml_callers_may_rea
                 assert statement["Resource"] == ref("CmlCredentialsSecret")
                 readers.add(function_id)
     assert readers == {"ApiFunction", "MetricsCollectorFunction", "LabsRefreshFunction"}
+
+
+# ---- 11. identity -----------------------------------------------------------------------
+
+COGNITO_HOST = "${UserPoolDomain}.auth.${AWS::Region}.amazoncognito.com"
+COGNITO_ISSUER = "https://cognito-idp.${AWS::Region}.amazonaws.com/${UserPool}"
+
+
+def if_branches(value: Any, condition: str) -> tuple[Any, Any]:
+    """The (true, false) branches of `Fn::If` on `condition`."""
+    assert isinstance(value, dict), value
+    assert set(value) == {"Fn::If"}, value
+    name, when_true, when_false = value["Fn::If"]
+    assert name == condition, value
+    return when_true, when_false
+
+
+def test_an_empty_oidc_issuer_means_this_stacks_cognito_user_pool(cfn: dict[str, Any]) -> None:
+    assert cfn["Parameters"]["OidcIssuer"]["Default"] == ""
+    assert cfn["Conditions"]["UseCognito"] == {"Fn::Equals": [ref("OidcIssuer"), ""]}
+    cognito = {
+        rid: r for rid, r in cfn["Resources"].items() if r["Type"].startswith("AWS::Cognito::")
+    }
+    assert cognito
+    assert {r.get("Condition") for r in cognito.values()} == {"UseCognito"}
+
+
+def test_the_user_pool_has_the_three_role_groups(resources: dict[str, Any]) -> None:
+    groups = of_type(resources, "AWS::Cognito::UserPoolGroup")
+    assert {g["Properties"]["GroupName"] for g in groups.values()} == {"admin", "manager", "user"}
+    assert all(g["Properties"]["UserPoolId"] == ref("UserPool") for g in groups.values())
+    pool = resources["UserPool"]["Properties"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    # Owners are user names (cognito:username): they must not be the opaque sub.
+    assert "UsernameAttributes" not in pool
+
+
+def test_the_dashboard_client_is_public_with_the_code_flow_back_to_the_dashboard(
+    resources: dict[str, Any],
+) -> None:
+    client = resources["DashboardClient"]["Properties"]
+    assert client["GenerateSecret"] is False
+    assert client["AllowedOAuthFlows"] == ["code"]
+    assert client["AllowedOAuthFlowsUserPoolClient"] is True
+    assert "openid" in client["AllowedOAuthScopes"]
+    dashboard = ["https://${DomainName}/"]
+    assert [render(u) for u in client["CallbackURLs"]] == dashboard
+    assert [render(u) for u in client["LogoutURLs"]] == dashboard
+
+
+def test_the_api_accepts_tokens_of_the_pool_for_the_dashboard_client_or_the_external_issuer(
+    resources: dict[str, Any],
+) -> None:
+    variables = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    cognito, external = if_branches(variables["OIDC_ISSUER"], "UseCognito")
+    assert (render(cognito), external) == (COGNITO_ISSUER, ref("OidcIssuer"))
+    cognito, external = if_branches(variables["OIDC_AUDIENCE"], "UseCognito")
+    assert (cognito, external) == (ref("DashboardClient"), ref("OidcAudience"))
+
+
+# ---- 12. the relay task -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relay_container(resources: dict[str, Any]) -> dict[str, Any]:
+    (container,) = resources["RelayTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    return dict(container)
+
+
+@pytest.fixture(scope="module")
+def relay_environment(relay_container: dict[str, Any]) -> dict[str, Any]:
+    return {item["Name"]: item["Value"] for item in relay_container["Environment"]}
+
+
+def test_the_relay_task_sets_every_required_relay_setting_and_nothing_it_does_not_read(
+    relay_environment: dict[str, Any],
+) -> None:
+    fields = RelaySettings.model_fields
+    required = {name.upper() for name, field in fields.items() if field.is_required()}
+    assert required <= set(relay_environment)
+    unknown = set(relay_environment) - {name.upper() for name in fields}
+    assert not unknown, f"the relay task sets variables the relay does not read: {unknown}"
+
+
+def test_the_relay_task_is_wired_to_the_topic_the_event_log_and_its_dead_letter_queue(
+    relay_environment: dict[str, Any],
+) -> None:
+    assert relay_environment["TOPIC_ARN"] == ref("DomainEventsTopic")
+    assert relay_environment["TABLE_NAME"] == ref("WorkersTable")
+    assert relay_environment["RELAY_DLQ_ARN"] == get_att("RelayDeadLetterQueue", "Arn")
+    assert relay_environment["RELAY_QUEUE_PREFIX"] == ref("RelayQueuePrefix")
+    assert relay_environment["HEARTBEAT_SECONDS"] == "30"
+    assert relay_environment["ROLES_CLAIM"] == ref("RolesClaim")
+
+
+def test_the_relay_task_tells_the_dashboard_how_to_sign_in_with_cognito(
+    relay_environment: dict[str, Any],
+) -> None:
+    assert relay_environment["DASHBOARD_SIGN_IN"] == "oidc"
+    expected = {
+        "OIDC_ISSUER": (COGNITO_ISSUER, ref("OidcIssuer")),
+        "OIDC_AUDIENCE": ("${DashboardClient}", ref("OidcAudience")),
+        "OIDC_CLIENT_ID": ("${DashboardClient}", ref("OidcAudience")),
+        "OIDC_AUTHORIZE_URL": (f"https://{COGNITO_HOST}/oauth2/authorize", ref("OidcAuthorizeUrl")),
+        "OIDC_TOKEN_URL": (f"https://{COGNITO_HOST}/oauth2/token", ref("OidcTokenUrl")),
+        "OIDC_LOGOUT_URL": (f"https://{COGNITO_HOST}/logout", ref("OidcLogoutUrl")),
+    }
+    for name, (cognito, external) in expected.items():
+        when_cognito, otherwise = if_branches(relay_environment[name], "UseCognito")
+        assert (render(when_cognito), otherwise) == (cognito, external), name
+
+
+def test_the_relay_container_listens_where_the_target_group_and_the_service_send(
+    resources: dict[str, Any], relay_container: dict[str, Any]
+) -> None:
+    port = RelaySettings.model_fields["relay_port"].default
+    assert relay_container["PortMappings"] == [{"ContainerPort": port, "Protocol": "tcp"}]
+    assert resources["RelayTargetGroup"]["Properties"]["Port"] == port
+    service = resources["RelayService"]["Properties"]
+    assert service["LoadBalancers"] == [
+        {
+            "ContainerName": relay_container["Name"],
+            "ContainerPort": port,
+            "TargetGroupArn": ref("RelayTargetGroup"),
+        }
+    ]
+    assert service["LaunchType"] == "FARGATE"
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    assert network["Subnets"] == ref("PrivateSubnetIds")
+    assert relay_container["LogConfiguration"]["Options"]["awslogs-group"] == ref("RelayLogGroup")
+
+
+def relay_shutdown_seconds(environment: dict[str, Any]) -> float:
+    """The longest a relay takes from SIGTERM to exit, as `relay/__main__.py` configures it."""
+    defaults = RelaySettings.model_fields
+    shutdown_max_ms = int(
+        environment.get("RELAY_SHUTDOWN_MAX_MS", defaults["relay_shutdown_max_ms"].default)
+    )
+    poll_wait = int(
+        environment.get("RELAY_POLL_WAIT_SECONDS", defaults["relay_poll_wait_seconds"].default)
+    )
+    uvicorn_grace = int(shutdown_max_ms / 1000) + 5  # timeout_graceful_shutdown
+    cleanup = 5  # unsubscribe and delete the queue
+    return uvicorn_grace + poll_wait + cleanup  # the poller's last long poll ends first
+
+
+def test_the_stop_timeout_outlasts_the_relays_shutdown_within_fargates_limit(
+    relay_container: dict[str, Any], relay_environment: dict[str, Any]
+) -> None:
+    assert (
+        "timeout_graceful_shutdown=int(settings.relay_shutdown_max_ms / 1000) + 5"
+        in (ROOT / "relay_service" / "relay" / "__main__.py").read_text()
+    ), "relay_shutdown_seconds no longer mirrors the relay"
+    stop_timeout = relay_container["StopTimeout"]
+    assert relay_shutdown_seconds(relay_environment) < stop_timeout <= 120
+
+
+def test_the_deregistration_delay_lets_requests_finish_without_holding_a_deployment(
+    resources: dict[str, Any],
+) -> None:
+    target_group = resources["RelayTargetGroup"]["Properties"]
+    attributes = {a["Key"]: a["Value"] for a in target_group["TargetGroupAttributes"]}
+    delay = int(attributes["deregistration_delay.timeout_seconds"])
+    # Ordinary requests end within the relay's send timeout; streams never end by
+    # themselves, so they are ended by the relay's own shutdown after the delay.
+    assert RelaySettings.model_fields["relay_send_timeout_seconds"].default <= delay <= 60
+    assert target_group["HealthCheckPath"] == "/api/events/health"
+
+
+def test_the_load_balancer_idle_timeout_exceeds_the_heartbeat(
+    resources: dict[str, Any], relay_environment: dict[str, Any]
+) -> None:
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in resources["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+    }
+    heartbeat = float(relay_environment["HEARTBEAT_SECONDS"])
+    assert heartbeat == RelaySettings.model_fields["heartbeat_seconds"].default
+    assert int(attributes["idle_timeout.timeout_seconds"]) > heartbeat
+
+
+def test_relay_tasks_scale_between_the_desired_and_the_maximum_count(
+    resources: dict[str, Any],
+) -> None:
+    target = resources["RelayScalableTarget"]["Properties"]
+    assert target["MinCapacity"] == ref("RelayDesiredCount")
+    assert target["MaxCapacity"] == ref("RelayMaxCount")
+    assert render(target["ResourceId"]) == "service/${RelayCluster}/${RelayService.Name}"
+    policies = of_type(resources, "AWS::ApplicationAutoScaling::ScalingPolicy").values()
+    assert policies
+    for policy in policies:
+        assert policy["Properties"]["PolicyType"] == "TargetTrackingScaling"
+        assert policy["Properties"]["ScalingTargetId"] == ref("RelayScalableTarget")
+
+
+# ---- 13. the load balancer --------------------------------------------------------------
+
+
+def https_rules(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    rules = [
+        r["Properties"]
+        for r in of_type(resources, "AWS::ElasticLoadBalancingV2::ListenerRule").values()
+        if r["Properties"]["ListenerArn"] == ref("HttpsListener")
+    ]
+    return sorted(rules, key=lambda rule: int(rule["Priority"]))
+
+
+def route(resources: dict[str, Any], path: str) -> str:
+    """Where the HTTPS listener sends `path`: a target group id, or `fixed-<status>`."""
+    for rule in https_rules(resources):
+        patterns = [
+            value
+            for condition in rule["Conditions"]
+            if condition["Field"] == "path-pattern"
+            for value in condition["PathPatternConfig"]["Values"]
+        ]
+        # ALB path patterns: `*` any characters, `?` one; case-sensitive, like fnmatchcase.
+        if any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns):
+            return action_target(rule["Actions"][0])
+    (default,) = resources["HttpsListener"]["Properties"]["DefaultActions"]
+    return action_target(default)
+
+
+def action_target(action: dict[str, Any]) -> str:
+    if action["Type"] == "fixed-response":
+        return f"fixed-{action['FixedResponseConfig']['StatusCode']}"
+    assert action["Type"] == "forward", action
+    return str(action["TargetGroupArn"]["Ref"])
+
+
+def test_the_listener_rules_come_in_the_briefs_order(resources: dict[str, Any]) -> None:
+    order = [
+        (rule["Conditions"][0]["PathPatternConfig"]["Values"], action_target(rule["Actions"][0]))
+        for rule in https_rules(resources)
+    ]
+    assert order == [
+        (["/api/events/metrics"], "fixed-404"),
+        (["/api/events/tickets"], "ApiTargetGroup"),
+        (["/api/events/*"], "RelayTargetGroup"),
+        (["/api/*"], "ApiTargetGroup"),
+    ]
+    assert route(resources, "/") == "RelayTargetGroup"  # the default action: the dashboard
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/api/events/tickets", "ApiTargetGroup"),
+        ("/api/events/stream", "RelayTargetGroup"),
+        ("/api/events/health", "RelayTargetGroup"),
+        ("/api/events/metrics", "fixed-404"),
+        ("/api/workers", "ApiTargetGroup"),
+        ("/api/workers/w-1/labs/refresh", "ApiTargetGroup"),
+        ("/api/health", "ApiTargetGroup"),
+        ("/api/docs", "ApiTargetGroup"),
+        ("/", "RelayTargetGroup"),
+        ("/index.html", "RelayTargetGroup"),
+        ("/js/sse-client.js", "RelayTargetGroup"),
+    ],
+)
+def test_each_path_reaches_what_the_local_origin_sends_it_to(
+    resources: dict[str, Any], path: str, target: str
+) -> None:
+    assert route(resources, path) == target
+
+
+def test_the_api_target_group_invokes_the_api_function_with_permission(
+    resources: dict[str, Any],
+) -> None:
+    group = resources["ApiTargetGroup"]
+    assert group["Properties"]["TargetType"] == "lambda"
+    assert group["Properties"]["Targets"] == [{"Id": get_att("ApiFunction", "Arn")}]
+    permission = resources[group["DependsOn"]]["Properties"]
+    assert points_at_function(permission["FunctionName"], "ApiFunction")
+    assert permission["Principal"] == "elasticloadbalancing.amazonaws.com"
+    assert permission["SourceAccount"] == ref("AWS::AccountId")
+
+
+def test_http_redirects_to_https_with_the_given_certificate(resources: dict[str, Any]) -> None:
+    http = resources["HttpListener"]["Properties"]
+    (action,) = http["DefaultActions"]
+    assert action["Type"] == "redirect"
+    assert action["RedirectConfig"]["Protocol"] == "HTTPS"
+    https = resources["HttpsListener"]["Properties"]
+    assert https["Certificates"] == [{"CertificateArn": ref("CertificateArn")}]
+    assert https["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+
+
+# ---- 14. network, logs, alarms ----------------------------------------------------------
+
+CML_CALLERS = ("ApiFunction", "MetricsCollectorFunction", "LabsRefreshFunction")
+
+
+@pytest.mark.parametrize("function_id", FUNCTIONS)
+def test_only_the_functions_that_call_cml_run_in_the_vpc(
+    resources: dict[str, Any], function_id: str
+) -> None:
+    vpc = resources[function_id]["Properties"].get("VpcConfig")
+    if function_id not in CML_CALLERS:
+        assert vpc is None, f"{function_id} needs no VPC (it would only start slower)"
+        return
+    assert vpc == {
+        "SecurityGroupIds": [ref("CmlClientSecurityGroup")],
+        "SubnetIds": ref("PrivateSubnetIds"),
+    }
+
+
+def test_new_workers_let_the_cml_callers_in_on_443(resources: dict[str, Any]) -> None:
+    (ingress,) = resources["WorkerSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert (ingress["FromPort"], ingress["ToPort"]) == (443, 443)
+    assert ingress["SourceSecurityGroupId"] == get_att("CmlClientSecurityGroup", "GroupId")
+    variables = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    with_extra, alone = if_branches(
+        variables["WORKER_SECURITY_GROUP_IDS"], "HasWorkerSecurityGroups"
+    )
+    assert alone == ref("WorkerSecurityGroup")
+    assert render(with_extra) == "${WorkerSecurityGroup},${WorkerSecurityGroupIds}"
+
+
+def test_every_function_and_the_relay_log_to_a_group_with_retention(
+    resources: dict[str, Any],
+) -> None:
+    groups = {
+        render(g["Properties"]["LogGroupName"]): g["Properties"]
+        for g in of_type(resources, "AWS::Logs::LogGroup").values()
+    }
+    expected = {f"/aws/lambda/${{{function_id}}}" for function_id in FUNCTIONS}
+    expected.add("/ecs/${AWS::StackName}/relay")
+    assert set(groups) == expected
+    assert all(g["RetentionInDays"] == ref("LogRetentionDays") for g in groups.values())
+
+
+def alarms_on(resources: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
+    return {
+        rid: a["Properties"]
+        for rid, a in of_type(resources, "AWS::CloudWatch::Alarm").items()
+        if a["Properties"]["MetricName"] == metric
+    }
+
+
+def test_every_dead_letter_queue_alarms_when_a_message_waits(resources: dict[str, Any]) -> None:
+    queues = {rid for rid in of_type(resources, "AWS::SQS::Queue") if "DeadLetter" in rid}
+    assert len(queues) == 4
+    watched = set()
+    for alarm in alarms_on(resources, "ApproximateNumberOfMessagesVisible").values():
+        (dimension,) = alarm["Dimensions"]
+        watched.add(dimension["Value"]["Fn::GetAtt"][0])
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert watched == queues
+
+
+def test_every_function_alarms_on_errors_to_the_alarm_topic(resources: dict[str, Any]) -> None:
+    watched = {
+        alarm["Dimensions"][0]["Value"]["Ref"] for alarm in alarms_on(resources, "Errors").values()
+    }
+    assert watched == set(FUNCTIONS)
+    for alarm in of_type(resources, "AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == [ref("AlarmTopic")]
+
+
+# ---- 15. least privilege ----------------------------------------------------------------
+
+# Actions IAM cannot scope to a resource: "*" is the only form they take.
+NO_RESOURCE_LEVEL = frozenset(
+    {
+        "ec2:describeinstances",
+        "cloudwatch:getmetricdata",
+        "sqs:listqueues",
+        "ecr:getauthorizationtoken",
+    }
+)
+
+
+def test_only_actions_without_resource_level_permissions_apply_to_every_resource(
+    resources: dict[str, Any],
+) -> None:
+    offending = []
+    for where, statement in policy_statements(resources):
+        if statement.get("Effect") != "Allow" or statement.get("Principal"):
+            continue
+        if "*" in as_list(statement.get("Resource", [])):
+            actions = {str(a).lower() for a in as_list(statement["Action"])}
+            if not actions <= NO_RESOURCE_LEVEL:
+                offending.append((where, statement))
+    assert not offending, offending
+
+
+RELAY_QUEUE = "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${RelayQueuePrefix}-"
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:SetQueueAttributes"],
+)
+def test_the_relay_may_manage_only_its_own_queues(resources: dict[str, Any], action: str) -> None:
+    statements = role_statements(resources, "RelayTaskRole")
+    assert allows(statements, action, {RELAY_QUEUE + "0123abcd"})
+    assert not allows(statements, action, queue_arn_forms("PublisherDeadLetterQueue"))
+    assert not allows(statements, action, {"arn:aws:sqs:us-east-1:123456789012:other-queue"})
+
+
+def test_the_relay_subscribes_only_its_queues_and_cannot_publish_or_write(
+    resources: dict[str, Any],
+) -> None:
+    statements = role_statements(resources, "RelayTaskRole")
+    (subscribe,) = [s for s in statements if "sns:Subscribe" in as_list(s["Action"])]
+    assert subscribe["Resource"] == ref("DomainEventsTopic")
+    assert subscribe["Condition"]["StringEquals"] == {"sns:Protocol": "sqs"}
+    assert render(subscribe["Condition"]["StringLike"]["sns:Endpoint"]) == RELAY_QUEUE + "*"
+    assert allows(statements, "sns:Unsubscribe", topic_arn_forms("DomainEventsTopic"))
+    assert not allows(statements, "sns:Publish", topic_arn_forms("DomainEventsTopic"))
+    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
+        assert not allows(statements, action, {"${WorkersTable.Arn}"}), action
+    (delete,) = [s for s in statements if "dynamodb:DeleteItem" in as_list(s["Action"])]
+    assert delete["Condition"] == {
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["TICKET#*"]}
+    }
+
+
+def test_the_reaper_removes_only_relay_queues_of_this_stacks_prefix(
+    resources: dict[str, Any],
+) -> None:
+    statements = role_statements(resources, role_of(resources, "QueueReaperFunction"))
+    assert allows(statements, "sqs:DeleteQueue", {RELAY_QUEUE + "0123abcd"})
+    assert not allows(statements, "sqs:DeleteQueue", queue_arn_forms("RelayDeadLetterQueue"))
+    variables = resources["QueueReaperFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["RELAY_QUEUE_PREFIX"] == ref("RelayQueuePrefix")
+
+
+def test_the_execution_role_pulls_only_from_the_relay_images_repository(
+    resources: dict[str, Any],
+) -> None:
+    statements = role_statements(resources, "RelayExecutionRole")
+    (pull,) = [s for s in statements if "ecr:BatchGetImage" in as_list(s["Action"])]
+    text, variables = pull["Resource"]["Fn::Sub"]
+    assert text == "arn:${AWS::Partition}:ecr:${Region}:${Account}:repository/${Repository}"
+    assert set(variables) == {"Region", "Account", "Repository"}
+    assert allows(statements, "logs:PutLogEvents", {"${RelayLogGroup.Arn}"})
+
+
+# ---- 16. localization for moto ----------------------------------------------------------
+
+
+def test_localize_drops_exactly_the_types_moto_cannot_create_and_no_reference_remains(
+    localized: LocalTemplate,
+) -> None:
+    from moto.cloudformation.parsing import get_model_map
+
+    modeled = set(get_model_map())
+    local = localized.cloudformation
+    types = {r["Type"] for r in local["Resources"].values()}
+    assert not types - modeled - SKIPPED_BY_MOTO, "a type moto skips would vanish silently"
+    assert set(localized.dropped.values()) == set(NOT_IN_MOTO)
+    assert not set(NOT_IN_MOTO) & modeled, "moto models it now: stop dropping it"
+    text = json.dumps({"Resources": local["Resources"], "Outputs": local.get("Outputs", {})})
+    for logical_id in localized.dropped:
+        assert f'"Ref": "{logical_id}"' not in text
+        assert f'["{logical_id}",' not in text  # Fn::GetAtt
+        assert "${" + logical_id + "}" not in text
+
+
+def test_localize_stands_a_local_vpc_in_for_the_network_parameters(
+    localized: LocalTemplate,
+) -> None:
+    local = localized.cloudformation
+    for name in LOCAL_NETWORK:
+        assert name not in local["Parameters"]
+        assert f'"Ref": "{name}"' not in json.dumps(local["Resources"])
+    assert local["Resources"]["LocalVpc"]["Type"] == "AWS::EC2::VPC"
+    for name, value in LOCAL_DEFAULTS.items():
+        assert local["Parameters"][name]["Default"] == value
+
+
+@pytest.fixture(scope="module")
+def deployed_with_cognito(deployed: dict[str, Any]) -> dict[str, Any]:
+    """The default configuration (Cognito, no external issuer), beside `deployed` in moto."""
+    parameters = {k: v for k, v in LOCAL_PARAMETERS.items() if not k.startswith("Oidc")}
+    localized = localize(bucket=BUCKET, parameters=parameters)
+    return _create_in_moto(localized, parameters, f"{STACK_NAME}-cognito")
+
+
+def test_the_default_cognito_configuration_creates_a_stack_in_moto_too(
+    deployed_with_cognito: dict[str, Any],
+) -> None:
+    stack = deployed_with_cognito["stack"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    assert outputs["UserPoolId"] == "local-UserPool"
+    assert outputs["OidcIssuerUrl"].startswith("https://cognito-idp.us-east-1.amazonaws.com/")
+
+
+def test_the_relay_task_definition_in_moto_has_settings_the_relay_accepts(
+    deployed: dict[str, Any],
+) -> None:
+    ecs = boto3.client("ecs")
+    cluster = deployed["physical"]["RelayCluster"]
+    (service_arn,) = ecs.list_services(cluster=cluster)["serviceArns"]
+    (service,) = ecs.describe_services(cluster=cluster, services=[service_arn])["services"]
+    definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
+    (container,) = definition["taskDefinition"]["containerDefinitions"]
+    values = {item["name"].lower(): item["value"] for item in container["environment"]}
+    settings = RelaySettings(**values)
+    assert settings.topic_arn == deployed["physical"]["DomainEventsTopic"]
+    assert settings.table_name == deployed["physical"]["WorkersTable"]
+    assert settings.dashboard_sign_in == "oidc"
+    assert container["stopTimeout"] > relay_shutdown_seconds(
+        {k.upper(): v for k, v in values.items()}
+    )
+
+
+def test_the_load_balancer_in_moto_routes_with_the_rules_in_priority_order(
+    deployed: dict[str, Any],
+) -> None:
+    elbv2 = boto3.client("elbv2")
+    balancer_arn = deployed["physical"]["LoadBalancer"]
+    listeners = elbv2.describe_listeners(LoadBalancerArn=balancer_arn)["Listeners"]
+    (https,) = [listener for listener in listeners if listener["Port"] == 443]
+    rules = elbv2.describe_rules(ListenerArn=https["ListenerArn"])["Rules"]
+    assert [rule["Priority"] for rule in rules] == ["5", "10", "20", "30", "default"]
+
+
+def test_localize_records_only_the_subscriptions_whose_condition_holds() -> None:
+    assert localize(bucket=BUCKET, parameters=LOCAL_PARAMETERS).subscriptions == []
+    with_mail = localize(bucket=BUCKET, parameters=LOCAL_PARAMETERS | {"AlarmEmail": "ops@x.io"})
+    assert [s["Protocol"] for s in with_mail.subscriptions] == ["email"]
