@@ -8,7 +8,12 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast run event token bench bench-jobs bench-local bench-relay clean lock
+.PHONY: help venv lint typecheck test test-fast test-js browser screenshot run event token bench bench-jobs bench-local bench-relay clean lock
+
+# Debian's packages, installed when absent (as root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CHROMIUM ?= $(or $(shell command -v chromium 2>/dev/null),/usr/bin/chromium)
+export CHROMIUM
 
 help:
 	@echo "make run    start the local stack (moto, simulated fleet, relay) and print where to connect"
@@ -33,8 +38,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+test: lint typecheck test-js browser
 	$(VENV)/bin/pytest
+
+# The dashboard's modules under Node's own test runner (no npm packages).
+test-js:
+	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
+	node --test tests/js/
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@test -x "$(CHROMIUM)" || { echo "installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+# Refresh the README's screenshot of the dashboard (taken by the browser tests).
+screenshot: $(STAMP) browser
+	SCREENSHOT_DIR=docs $(VENV)/bin/pytest tests/browser -k screenshot -q
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not e2e"

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from devstack import DEMO_USERS
 from devstack.template import ROOT
 
 # Where `run` tells `ec2-event` how to reach it; tests point it elsewhere.
@@ -59,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     except DevstackError as error:
         print(f"devstack: {error}", file=sys.stderr)
         return 2
-
-
-DEMO_USERS = {"ada": "admin", "max": "manager", "alice": "user", "bob": "user"}
 
 
 class DevstackError(Exception):
@@ -219,6 +217,7 @@ def _print_welcome(url: str, workers: list[Any], tokens: dict[str, str]) -> None
     lines = [
         "",
         "CML Fleet local stack is up.",
+        f"  dashboard:     {url}/   (sign in as a demo user below)",
         f"  API docs:      {url}/api/docs",
         f'  event stream:  curl -N -H "Authorization: Bearer $TOKEN" {url}/api/events/stream',
         "  tokens:        make token AS=ada|max|alice|bob   (admin, manager, user, user)",

@@ -9,7 +9,7 @@ and the CML node counts tell one story.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from devstack.cmlsim import CmlSimulator
@@ -23,7 +23,10 @@ class CloudWatchFeeder:
 
     def publish(self) -> int:
         """One datapoint of each metric for every running instance; returns how many."""
-        now = datetime.now(UTC)
+        # A second in the past: moto reads up to the collector's `now` truncated to the
+        # second, so a datapoint of this very second would be missed by a collection
+        # right after (real CloudWatch has an ingestion delay of its own).
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
         running = [
             instance["InstanceId"]
             for page in self._ec2.get_paginator("describe_instances").paginate(

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import uvicorn
 
+from devstack import DEMO_USERS
 from devstack.cloudwatchsim import CloudWatchFeeder
 from devstack.cmlsim import CmlSimulator
 from devstack.ec2sim import Delays, Ec2Simulator
@@ -92,6 +93,8 @@ class FleetStack:
             "RELAY_POLL_WAIT_SECONDS": "2",
             "HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
             "RELAY_LOG_LEVEL": "warning",
+            "DASHBOARD_SIGN_IN": "development",
+            "DASHBOARD_DEV_USERS": ",".join(f"{u}:{r}" for u, r in DEMO_USERS.items()),
         }
         # Kept before it is ready, so a relay that fails to start is still stopped.
         self.relay = RelayProcess(relay_env, port=free_port(), output=self.relay_output)

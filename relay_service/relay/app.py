@@ -27,6 +27,7 @@ from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.identity import AuthenticationError, Role
 from cmlfleet.timeutil import utc_now
 from relay.auth import StreamAuthenticator
+from relay.dashboard import DashboardFiles, dashboard_config
 from relay.frames import delivery, relay_event_frame
 from relay.history import DynamoDbEventLog, EventRing, Replay
 from relay.hub import Hub, Interest, Subscription, SubscriptionClosedError
@@ -234,6 +235,14 @@ def create_app(
             },
         )
 
+    @app.get("/config.json", include_in_schema=False)
+    async def config() -> JSONResponse:
+        """The dashboard's sign-in settings (public values)."""
+        return JSONResponse(dashboard_config(settings), headers={"Cache-Control": "no-cache"})
+
+    if settings.dashboard_dir is not None:
+        # Last: every path the routes above do not claim is a dashboard file (or 404).
+        app.mount("/", DashboardFiles(settings.dashboard_dir, settings), name="dashboard")
     return app
 
 

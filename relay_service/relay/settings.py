@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -42,11 +43,38 @@ class RelaySettings(BaseSettings):
     relay_metrics_window_ms: int = Field(default=250, ge=0, le=10_000)
     relay_ring_size: int = Field(default=10_000, ge=10, le=1_000_000)
     relay_replay_max: int = Field(default=5000, ge=1, le=100_000)
+    dashboard_dir: Path | None = Field(
+        default_factory=lambda: _bundled_dashboard(), description="the dashboard's static files"
+    )
+    dashboard_sign_in: Literal["oidc", "development", "none"] = Field(
+        default="oidc", description="how the dashboard signs users in"
+    )
+    dashboard_dev_users: str = Field(
+        default="", pattern=r"^([A-Za-z0-9_.@-]{1,64}:(admin|manager|user),?)*$"
+    )
+    oidc_client_id: str | None = Field(default=None, description="the dashboard's client id")
+    oidc_authorize_url: str | None = Field(default=None, pattern=r"^https?://")
+    oidc_token_url: str | None = Field(default=None, pattern=r"^https?://")
+    oidc_logout_url: str | None = Field(default=None, pattern=r"^https?://")
+    oidc_scopes: str = Field(
+        default="openid email profile", pattern=r"^[\x21\x23-\x5b\x5d-\x7e ]+$"
+    )
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
     relay_log_level: str = Field(default="info", pattern=r"^(critical|error|warning|info|debug)$")
 
-    @field_validator("oidc_issuer", "oidc_audience", "oidc_jwks_url", "table_name", mode="before")
+    @field_validator(
+        "oidc_issuer",
+        "oidc_audience",
+        "oidc_jwks_url",
+        "table_name",
+        "oidc_client_id",
+        "oidc_authorize_url",
+        "oidc_token_url",
+        "oidc_logout_url",
+        "dashboard_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -68,11 +96,28 @@ class RelaySettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _dashboard_can_sign_in(self) -> RelaySettings:
+        if (
+            self.dashboard_dir is not None
+            and self.dashboard_sign_in == "oidc"
+            and self.oidc_authorize_url
+            and not self.oidc_token_url
+        ):
+            raise ValueError("OIDC_AUTHORIZE_URL needs OIDC_TOKEN_URL (code flow with PKCE)")
+        return self
+
     @property
     def jwks_url(self) -> str | None:
         if self.oidc_jwks_url:
             return self.oidc_jwks_url
         return self.oidc_issuer.rstrip("/") + "/.well-known/jwks.json" if self.oidc_issuer else None
+
+
+def _bundled_dashboard() -> Path | None:
+    """`relay_service/dashboard` in a checkout, `/app/dashboard` in the image."""
+    candidate = Path(__file__).resolve().parent.parent / "dashboard"
+    return candidate if (candidate / "index.html").is_file() else None
 
 
 def load_relay_settings() -> RelaySettings:
