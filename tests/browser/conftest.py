@@ -1,0 +1,100 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, against the
+whole local stack (moto, the template's stack, handlers, EC2 and CML simulators, the relay
+serving the dashboard, the local origin)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+from cmlfleet import bootstrap
+from devstack.ec2sim import Delays
+from devstack.fleet import seed_demo_fleet
+from devstack.fleetstack import FleetStack
+from devstack.stack import LocalStack
+
+# What this machine needs to run Chromium headless as root, offline (see the library's
+# notes: without the networking flags it keeps trying to reach Google's hosts).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        pytest.fail(
+            f"no Chromium at {path}: `make test` installs Debian's chromium "
+            "(or set CHROMIUM to a Chromium binary)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[FleetStack]:
+    """The local stack with the demo fleet; schedules off, so only the tests move metrics."""
+    saved = dict(os.environ)
+    bootstrap.reset()
+    stack = FleetStack(
+        ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0),
+        run_schedules=False,
+        overrides={"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"},
+    )
+
+    def seed(local: LocalStack) -> None:
+        seed_demo_fleet(local.client("ec2"), local.region)
+
+    try:
+        yield stack.start(before_simulation=seed)
+    finally:
+        stack.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        bootstrap.reset()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh profile per test: nothing stored from another user's session."""
+    context = browser.new_context(viewport={"width": 1600, "height": 720})
+    context.set_default_timeout(30_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.uncaught = errors  # type: ignore[attr-defined]
+    return page
