@@ -63,6 +63,15 @@ def worker_named(fleet: FleetStack, name: str) -> dict[str, Any]:
     return next(w for w in api_workers(fleet).values() if w["name"] == name)
 
 
+def ensure_running(fleet: FleetStack, name: str) -> dict[str, Any]:
+    """The worker named so, started first if a test before left it stopped."""
+    worker = worker_named(fleet, name)
+    if worker["status"] != "running":
+        api(fleet, "POST", f"/api/workers/{worker['worker_id']}/start")
+        eventually(lambda: api_workers(fleet)[worker["worker_id"]]["status"], "running".__eq__)
+    return worker_named(fleet, name)
+
+
 def sign_in(page: Page, fleet: FleetStack, user: str, query: str = "") -> None:
     """Through the development role picker, as a person would."""
     page.goto(f"{fleet.url}/{query}")
@@ -104,6 +113,7 @@ def test_screenshot_of_the_dashboard(page: Page, fleet: FleetStack) -> None:
     sign_in(page, fleet, "ada")
     badge_is(page, "connected")
     target = worker_named(fleet, "cml-lab-a")
+    assert target["labs_count"] > 0
     row(page, target["worker_id"]).click()
     labs = page.locator("#details .labs-table tbody tr")
     expect(labs).to_have_count(target["labs_count"])
@@ -149,7 +159,7 @@ def test_a_metrics_change_moves_its_bar(page: Page, fleet: FleetStack) -> None:
     assert fleet.cml is not None
     assert fleet.stack is not None
     collector = fleet.stack.functions["MetricsCollectorFunction"]
-    target = worker_named(fleet, "cml-lab-b")
+    target = ensure_running(fleet, "cml-lab-b")
     host = fleet.cml.worker(target["instance_id"])
 
     def collect() -> float:
@@ -179,7 +189,7 @@ def test_a_relay_restart_turns_the_badge_amber_then_green_and_loses_no_event(
     assert fleet.relay is not None
     sign_in(page, fleet, "ada")
     badge_is(page, "connected")
-    target = worker_named(fleet, "cml-training")
+    target = ensure_running(fleet, "cml-training")
     # Give the page a cursor: it has seen at least one event before the relay goes.
     api(fleet, "POST", f"/api/workers/{target['worker_id']}/stop")
     eventually(lambda: page_rows(page), lambda rows: rows == api_rows(fleet))
@@ -203,7 +213,21 @@ def test_a_relay_restart_turns_the_badge_amber_then_green_and_loses_no_event(
     assert page.uncaught == []  # type: ignore[attr-defined]
 
 
+def test_with_the_stream_unavailable_the_page_shows_the_fleet_and_connects_later(
+    page: Page, fleet: FleetStack
+) -> None:
+    # Every stream request fails (a relay draining, a proxy in the way): the rest works.
+    page.route("**/api/events/stream*", lambda route: route.abort())
+    sign_in(page, fleet, "max")
+    assert set(page_rows(page)) == set(api_workers(fleet))  # loaded by REST meanwhile
+    badge_is(page, "reconnecting")
+    page.unroute("**/api/events/stream*")
+    badge_is(page, "connected", timeout=60_000)  # the next retry of its backoff succeeds
+
+
 def test_a_user_sees_only_their_workers_and_no_admin_buttons(page: Page, fleet: FleetStack) -> None:
+    ensure_running(fleet, "cml-lab-b")  # bob's
+    ensure_running(fleet, "cml-lab-a")  # alice's
     sign_in(page, fleet, "alice")
     badge_is(page, "connected")
     workers = api_workers(fleet)

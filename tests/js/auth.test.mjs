@@ -398,7 +398,7 @@ describe('Session OIDC flow', () => {
     await s.restore();
     assert.equal(s.valid, true);
 
-    s.signOut();
+    assert.equal(s.signOut(), true, 'the page navigates away: the caller must not reload');
     assert.equal(s.token, null);
     assert.equal(storage.getItem(TOKEN_KEY), null);
     assert.equal(location.assigned.length, 1);
@@ -414,8 +414,63 @@ describe('Session OIDC flow', () => {
       storage: new FakeStorage({ [TOKEN_KEY]: token }),
     });
     await s.restore();
-    s.signOut();
+    assert.equal(s.signOut(), false);
     assert.equal(storage.getItem(TOKEN_KEY), null);
     assert.equal(location.assigned.length, 0);
+  });
+});
+
+const REFRESH_KEY = 'cmlfleet.refresh_token';
+
+describe('Session renewal (OIDC refresh token)', () => {
+  it('renews an ID token about to expire with the stored refresh token', async () => {
+    const first = jwt({ sub: 'u', exp: nowSeconds + 120 }); // expires in 2 min: renew
+    const renewed = jwt({ sub: 'u', exp: nowSeconds + 3600 });
+    const fetch = fakeFetch(200, { id_token: renewed });
+    const storage = new FakeStorage({ [TOKEN_KEY]: first, [REFRESH_KEY]: 'r-1' });
+    const { session: s } = session(OIDC_CONFIG, { storage, fetch });
+    assert.equal(await s.restore(), true);
+    assert.equal(s.token, renewed);
+    assert.equal(storage.getItem(TOKEN_KEY), renewed);
+    assert.equal(fetch.calls.length, 1);
+    const form = new URLSearchParams(fetch.calls[0].init.body);
+    assert.equal(form.get('grant_type'), 'refresh_token');
+    assert.equal(form.get('refresh_token'), 'r-1');
+    assert.equal(form.get('client_id'), 'client-123');
+    assert.equal(await s.freshToken(), renewed);
+    assert.equal(fetch.calls.length, 1, 'a fresh token is not renewed again');
+  });
+
+  it('concurrent callers share one renewal', async () => {
+    const renewed = jwt({ sub: 'u', exp: nowSeconds + 3600 });
+    const fetch = fakeFetch(200, { id_token: renewed });
+    const storage = new FakeStorage({
+      [TOKEN_KEY]: jwt({ sub: 'u', exp: nowSeconds - 10 }), [REFRESH_KEY]: 'r-1',
+    });
+    const { session: s } = session(OIDC_CONFIG, { storage, fetch });
+    const tokens = await Promise.all([s.freshToken(), s.freshToken(), s.freshToken()]);
+    assert.deepEqual(tokens, [renewed, renewed, renewed]);
+    assert.equal(fetch.calls.length, 1);
+  });
+
+  it('a refused renewal forgets the refresh token and leaves the session to expire', async () => {
+    const expired = jwt({ sub: 'u', exp: nowSeconds - 10 });
+    const fetch = fakeFetch(400, { error: 'invalid_grant' });
+    const storage = new FakeStorage({ [TOKEN_KEY]: expired, [REFRESH_KEY]: 'r-1' });
+    const { session: s } = session(OIDC_CONFIG, { storage, fetch });
+    assert.equal(await s.restore(), false);
+    assert.equal(storage.getItem(REFRESH_KEY), null);
+    assert.equal(storage.getItem(TOKEN_KEY), null);
+  });
+
+  it('development tokens are never renewed', async () => {
+    const fetch = fakeFetch(200, { id_token: jwt({ sub: 'u', exp: nowSeconds + 3600 }) });
+    const expiring = jwt({ sub: 'u', exp: nowSeconds + 120 });
+    const storage = new FakeStorage({ [TOKEN_KEY]: expiring, [REFRESH_KEY]: 'r-1' });
+    const { session: s } = session(DEV_CONFIG, { storage, fetch });
+    assert.equal(await s.freshToken(), null, 'not restored yet');
+    await s.restore();
+    assert.equal(s.token, expiring);
+    assert.equal(fetch.calls.length, 0);
   });
 });

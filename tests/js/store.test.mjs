@@ -313,12 +313,15 @@ describe('FleetStore: labs', () => {
     assert.deepEqual(store.labs('w1'), labs);
   });
 
-  it('a newer metrics labs_count that differs from the held list forgets the list', () => {
+  it('a newer metrics labs_count that differs from the held list keeps the list', () => {
+    // The count comes live from CML, the list as last synced: both are shown as they are,
+    // and the list is not dropped (refetching it would only return the same sync).
     const { store } = recordingStore();
-    store.apply(labsEvent('w1', 4, [lab(1), lab(2)]));
+    const labs = [lab(1), lab(2)];
+    store.apply(labsEvent('w1', 4, labs));
     store.apply(metricsEvent('w1', 5, { labs_count: 3 }));
     assert.equal(store.get('w1').labs_count, 3);
-    assert.equal(store.labs('w1'), null, 'the list is stale: fetch it again');
+    assert.deepEqual(store.labs('w1'), labs);
   });
 
   it('a newer metrics labs_count equal to the held list length keeps the list', () => {
@@ -339,14 +342,36 @@ describe('FleetStore: labs', () => {
     assert.deepEqual(store.labs('w1'), labs);
   });
 
-  it('a labs list older than the held labs_count does not look current', () => {
+  it('a labs list delivered late lands without lowering a newer count', () => {
     const { store } = recordingStore();
     store.apply(metricsEvent('w1', 6, { labs_count: 3 }));
-    store.apply(labsEvent('w1', 5, [lab(1), lab(2)])); // delivered late
+    const labs = [lab(1), lab(2)];
+    assert.equal(store.apply(labsEvent('w1', 5, labs)), true); // delivered late
     assert.equal(store.get('w1').labs_count, 3, 'the v6 count stays');
-    // The list (v5, 2 labs) is older than the count (v6, 3 labs): by the store's own rule
-    // ("a newer labs count than the list we hold means the list is old") it is stale.
-    assert.equal(store.labs('w1'), null);
+    assert.deepEqual(store.labs('w1'), labs, 'the list had no newer version: it is the newest');
+  });
+
+  it('a fetched list is dropped when a labs event arrived while it was on its way', () => {
+    const { store } = recordingStore();
+    store.load([view('w1', 5, { labs_count: 1 })]);
+    const since = store.beginLabs('w1');
+    const fresh = [lab(1), lab(2)];
+    store.apply(labsEvent('w1', 6, fresh)); // arrives during the request
+    store.setLabs('w1', [lab(9)], since); // the answer, read before the sync
+    assert.deepEqual(store.labs('w1'), fresh);
+    store.setLabs('w1', [lab(3)], store.beginLabs('w1')); // a later fetch lands
+    assert.deepEqual(store.labs('w1'), [lab(3)]);
+  });
+
+  it('remove forgets a worker and tells listeners', () => {
+    const { store, changes } = recordingStore();
+    store.load([view('w1', 5)]);
+    changes.length = 0;
+    store.remove('w1');
+    store.remove('w1');
+    assert.equal(store.get('w1'), undefined);
+    assert.equal(changes.length, 1);
+    assert.equal(changes[0].removed, true);
   });
 
   it('setLabs stores a fetched list and notifies listeners; unknown workers are ignored', () => {

@@ -16,18 +16,21 @@ export class ApiError extends Error {
 
 export class Api {
   /**
-   * @param {() => string|null} getToken the bearer token, if signed in
-   * @param {{fetch?: typeof fetch, base?: string}} [options]
+   * @param {() => Promise<string|null>|string|null} getToken the bearer token, if signed in
+   * @param {{fetch?: typeof fetch, base?: string, timeoutMs?: number}} [options]
    */
-  constructor(getToken, { fetch: fetchImpl = globalThis.fetch.bind(globalThis), base = '' } = {}) {
+  constructor(getToken, {
+    fetch: fetchImpl = globalThis.fetch.bind(globalThis), base = '', timeoutMs = 15_000,
+  } = {}) {
     this._getToken = getToken;
     this._fetch = fetchImpl;
     this._base = base;
+    this._timeoutMs = timeoutMs;
   }
 
   async request(method, path, body) {
     const headers = { Accept: 'application/json' };
-    const token = this._getToken();
+    const token = await this._getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let response;
@@ -37,6 +40,8 @@ export class Api {
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: 'no-store',
+        // A request that hangs (a dropped network) must fail, so callers can retry.
+        signal: AbortSignal.timeout(this._timeoutMs),
       });
     } catch (error) {
       throw new ApiError(0, 'unreachable', `the server cannot be reached (${error.message})`);

@@ -2,11 +2,14 @@
  * Sign-in. Deployed: the OIDC authorization code flow with PKCE against the configured
  * issuer (Cognito's hosted UI by default) — a public client, no secret in the page.
  * Locally: the development issuer's role picker. The ID token lives in sessionStorage
- * (gone when the tab closes); the server verifies it on every call, the page reads its
- * claims only to decide what to show.
+ * (gone when the tab closes) with, deployed, a refresh token that renews it before it
+ * expires; the server verifies it on every call, the page reads its claims only to decide
+ * what to show.
  */
 
 const TOKEN_KEY = 'cmlfleet.id_token';
+const REFRESH_KEY = 'cmlfleet.refresh_token';
+const RENEW_BEFORE_MS = 5 * 60_000; // renew an ID token this long before it expires
 const PKCE_KEY = 'cmlfleet.pkce';
 const ROLE_ORDER = ['admin', 'manager', 'user'];
 
@@ -103,8 +106,38 @@ export class Session {
     } else {
       this._token = this._storage.getItem(TOKEN_KEY);
     }
+    await this.freshToken();
     if (!this.valid) this._forget();
     return this.valid;
+  }
+
+  /**
+   * The ID token, renewed with the refresh token (OIDC) when it is about to expire, so an
+   * open dashboard outlives Cognito's one-hour ID tokens. Without a refresh token an
+   * expired token is returned as it is: the server answers 401 and the page signs out.
+   */
+  async freshToken() {
+    const exp = this.claims?.exp;
+    const refreshToken = this._storage.getItem(REFRESH_KEY);
+    const expiring = typeof exp !== 'number' || exp * 1000 < this._now() + RENEW_BEFORE_MS;
+    if (expiring && refreshToken && this.signIn.mode === 'oidc') {
+      this._renewing ??= this._renew(refreshToken).finally(() => { this._renewing = null; });
+      await this._renewing;
+    }
+    return this._token;
+  }
+
+  async _renew(refreshToken) {
+    try {
+      const body = await this._tokenRequest({
+        grant_type: 'refresh_token',
+        client_id: this.signIn.client_id,
+        refresh_token: refreshToken,
+      });
+      this._keep(body.id_token, body.refresh_token);
+    } catch {
+      this._storage.removeItem(REFRESH_KEY); // refused or revoked: sign in again
+    }
   }
 
   /** Local stack only: a token for any user and role from the development issuer. */
@@ -139,6 +172,11 @@ export class Session {
     this._location.assign(url.toString());
   }
 
+  /**
+   * Forget the tokens; with OIDC also end the issuer's session (its logout page comes
+   * back to the dashboard). Returns true when the page is navigating away: the caller
+   * must not reload then, or the logout request is cancelled.
+   */
   signOut() {
     this._forget();
     if (this.signIn.mode === 'oidc' && this.signIn.logout_url) {
@@ -148,7 +186,9 @@ export class Session {
         logout_uri: this._redirectUri(),
       }).toString();
       this._location.assign(url.toString());
+      return true;
     }
+    return false;
   }
 
   async _finishOidc(params) {
@@ -158,35 +198,42 @@ export class Session {
     if (!saved || saved.state !== params.get('state')) {
       throw new Error('the sign-in answer does not match the request; sign in again');
     }
+    const body = await this._tokenRequest({
+      grant_type: 'authorization_code',
+      client_id: this.signIn.client_id,
+      code: params.get('code'),
+      redirect_uri: this._redirectUri(),
+      code_verifier: saved.verifier,
+    });
+    this._keep(body.id_token, body.refresh_token);
+  }
+
+  async _tokenRequest(form) {
     const response = await this._fetch(this.signIn.token_url, {
       method: 'POST',
       headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams({
-        grant_type: 'authorization_code',
-        client_id: this.signIn.client_id,
-        code: params.get('code'),
-        redirect_uri: this._redirectUri(),
-        code_verifier: saved.verifier,
-      }).toString(),
+      body: new URLSearchParams(form).toString(),
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok || typeof body.id_token !== 'string') {
       throw new Error(`the issuer refused the sign-in (${body.error ?? response.status})`);
     }
-    this._keep(body.id_token);
+    return body;
   }
 
   _redirectUri() {
     return `${this._location.origin}/`;
   }
 
-  _keep(token) {
+  _keep(token, refreshToken) {
     this._token = token;
     this._storage.setItem(TOKEN_KEY, token);
+    if (typeof refreshToken === 'string') this._storage.setItem(REFRESH_KEY, refreshToken);
   }
 
   _forget() {
     this._token = null;
     this._storage.removeItem(TOKEN_KEY);
+    this._storage.removeItem(REFRESH_KEY);
   }
 }

@@ -28,12 +28,14 @@ export function realtimeWanted(search = location.search, storage = localStorage)
 class Dashboard {
   constructor(config, session) {
     this.session = session;
-    this.api = new Api(() => session.token);
+    this.api = new Api(() => session.freshToken());
     this.store = new FleetStore();
     this.toasts = new Toasts($('#toasts'));
     this.client = null;
     this.loading = null;
     this.snapshots = 0; // snapshots loaded: after a replayed reconnect there is none
+    this.snapshotFailures = 0;
+    this.snapshotRetry = null;
     this.fetching = new Set();
     this.view = new FleetView({
       store: this.store,
@@ -68,11 +70,14 @@ class Dashboard {
     });
     setInterval(() => this.view.tick(), 1000);
     this.setRealtime(toggle.checked);
+    // At once, even with the stream on: the page shows the fleet while the relay is away.
+    // The stream's `connected` loads it again, so nothing between the two is missed.
+    if (toggle.checked) this.loadSnapshot();
   }
 
   setRealtime(on) {
     if (on && !this.client) {
-      this.client = this.connect();
+      this.connect();
     } else if (!on && this.client) {
       this.client.stop();
       this.client = null;
@@ -85,7 +90,8 @@ class Dashboard {
 
   connect() {
     const client = new RealtimeClient({ getStreamUrl: () => this.api.streamUrl() });
-    client.onStatus((status, detail) => this.onStatus(status, detail));
+    this.client = client; // before start(): its first status change must reach the badge
+    client.onStatus((status, detail) => this.onStatus(client, status, detail));
     client.on('connected', (data) => {
       // A replay covered the gap; anything else (first connect, no cursor yet, resync)
       // needs the snapshot.
@@ -100,11 +106,12 @@ class Dashboard {
     return client;
   }
 
-  onStatus(status, detail) {
-    if (!this.client) return;
+  onStatus(client, status, detail) {
+    if (this.client !== client) return; // a client switched off since
     this.badge(status);
     if (status === 'error' && detail?.reason === 'unauthorized') {
-      this.toasts.show('error', 'Signed out', 'your session has ended; sign in again');
+      // The session is over (the ticket was refused): sign in again, as for the API.
+      this.failed('Signed out', new ApiError(401, 'unauthorized', 'your session has ended'));
     }
   }
 
@@ -134,6 +141,7 @@ class Dashboard {
       this.loading.again = true;
       return;
     }
+    clearTimeout(this.snapshotRetry);
     this.loading = { again: false };
     try {
       do {
@@ -143,9 +151,14 @@ class Dashboard {
         this.store.load(workers, since);
         this.snapshots += 1;
       } while (this.loading.again);
+      this.snapshotFailures = 0;
       this.showEmpty();
     } catch (error) {
-      this.failed('Could not load the fleet', error);
+      // Without it the page may miss changes (a resync, a first connect): try again.
+      this.snapshotFailures += 1;
+      const delay = Math.min(30_000, 1000 * 2 ** this.snapshotFailures);
+      this.snapshotRetry = setTimeout(() => this.loadSnapshot(), delay);
+      if (this.snapshotFailures === 1) this.failed('Could not load the fleet', error);
     } finally {
       this.loading = null;
     }
@@ -157,7 +170,8 @@ class Dashboard {
     try {
       this.store.merge(await this.api.getWorker(id));
     } catch (error) {
-      if (!(error instanceof ApiError && error.status === 404)) this.failed('Could not load a worker', error);
+      if (error instanceof ApiError && error.status === 404) this.store.remove(id); // gone
+      else this.failed('Could not load a worker', error);
     } finally {
       this.fetching.delete(id);
     }
@@ -165,8 +179,9 @@ class Dashboard {
 
   async loadLabs(id) {
     try {
+      const since = this.store.beginLabs(id);
       const result = await this.api.labs(id);
-      this.store.setLabs(id, result.labs);
+      this.store.setLabs(id, result.labs, since);
     } catch (error) {
       this.failed('Could not load the labs', error);
     }
@@ -208,7 +223,7 @@ class Dashboard {
     submit.disabled = true;
     try {
       const worker = await this.api.createWorker(fields);
-      this.store.merge(worker);
+      this.store.merge(worker, { viaEvent: true }); // kept even if a snapshot is loading
       $('#create-dialog').close();
       if (!this.client) this.toasts.show('info', 'Worker created', worker.name);
     } catch (error) {
@@ -220,8 +235,7 @@ class Dashboard {
 
   failed(title, error) {
     if (error instanceof ApiError && error.status === 401) {
-      this.session.signOut();
-      location.reload();
+      if (!this.session.signOut()) location.reload();
       return;
     }
     this.toasts.show('error', title, error?.message ?? String(error));
@@ -288,8 +302,7 @@ async function main() {
     $('#sign-in-error').textContent = error.message;
   }
   $('#sign-out').addEventListener('click', () => {
-    session.signOut();
-    location.reload();
+    if (!session.signOut()) location.reload(); // else the issuer's logout page comes back here
   });
   if (!session.valid) {
     showSignIn(session);

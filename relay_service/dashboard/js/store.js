@@ -6,6 +6,9 @@
  * takes an update only from a newer one. So a duplicate, a stale replay or two events
  * delivered out of order never overwrite newer data, and an older status event arriving
  * after a newer metrics event still lands (they touch different aspects).
+ *
+ * The labs list (as last synced from CML, by `worker.labs.updated` or REST) is kept apart
+ * from the labs count (which metrics read live): each is shown as the newest of its kind.
  */
 
 const ASPECT_FIELDS = {
@@ -98,7 +101,6 @@ export class FleetStore {
     }
     record.partial = false;
     if (changed.has('metrics')) this._sample(record, view);
-    this._forgetStaleLabs(record);
     return this._settle(record, view.version, view.updated_at, changed, viaEvent);
   }
 
@@ -145,7 +147,6 @@ export class FleetStore {
           record.view.labs_count = labs.length;
           changed.add('labsCount');
         }
-        this._forgetStaleLabs(record);
         return this._settle(record, version, event.time, changed, true);
       }
       case 'worker.terminated':
@@ -158,13 +159,29 @@ export class FleetStore {
     }
   }
 
-  /** The labs list as fetched by REST: current as of the newest version we hold. */
-  setLabs(id, labs) {
+  /** Call before fetching a worker's labs; pass the result to `setLabs`. */
+  beginLabs(id) {
+    return this.workers.get(id)?.labsVersion ?? 0;
+  }
+
+  /**
+   * The labs list as fetched by REST (as last synced from CML). Dropped if a labs event
+   * arrived while the request was on its way (`since` from `beginLabs`): that one is newer.
+   */
+  setLabs(id, labs, since = Infinity) {
     const record = this.workers.get(id);
-    if (!record || !Array.isArray(labs)) return;
+    if (!record || !Array.isArray(labs) || record.labsVersion > since) return;
     record.labs = labs;
     record.labsVersion = Math.max(record.labsVersion, record.view.version ?? 0);
     this._emit({ id, worker: record.view, aspects: new Set(['labs']) });
+  }
+
+  /** Forget a worker (one known only from events that the API says is gone). */
+  remove(id) {
+    const record = this.workers.get(id);
+    if (!record) return;
+    this.workers.delete(id);
+    this._emit({ id, worker: record.view, aspects: new Set(), removed: true });
   }
 
   /** Whether a worker is known only from events (its name and owner are missing). */
@@ -183,7 +200,6 @@ export class FleetStore {
       }
     }
     if (changed.has('metrics')) this._sample(record, parts.metrics);
-    this._forgetStaleLabs(record);
     return this._settle(record, version, time, changed, true);
   }
 
@@ -213,14 +229,6 @@ export class FleetStore {
       this.workers.set(id, record);
     }
     return record;
-  }
-
-  /** A newer labs count than the list we hold means the list is old: fetch it again. */
-  _forgetStaleLabs(record) {
-    if (Array.isArray(record.labs) && record.versions.labsCount > record.labsVersion
-        && record.labs.length !== record.view.labs_count) {
-      record.labs = null;
-    }
   }
 
   _sample(record, values) {
