@@ -86,3 +86,40 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .devstack
+
+# ---- AWS: template checks, deploy, cold start (SAM CLI in its own venv) ---------------
+.PHONY: check-template deploy bench-coldstart
+
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.installed
+export SAM_CLI_TELEMETRY := 0
+# `sam build` needs python3.12 (the functions' runtime) on PATH.
+PYTHON312_DIR = $(shell dirname "$$(PATH="$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin 2>/dev/null | tail -1):$$PATH" command -v python3.12)")
+SAM_PATH = $(PYTHON312_DIR):$(PATH)
+
+$(SAM_STAMP): requirements/sam.txt
+	@test -x $(SAM_VENV)/bin/python || { py=$$(scripts/find-python) && $$py -m venv $(SAM_VENV); }
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements/sam.txt
+	@touch $(SAM_STAMP)
+
+# Offline: SAM's lint, a full `sam build`, every built handler imported with only its
+# packages, the relay image's layout, and what `make deploy` would run.
+check-template: $(STAMP) $(SAM_STAMP)
+	@PATH=$(SAM_PATH) python3.12 -c 'import sys; assert sys.version_info[:2] == (3, 12)' \
+		|| { echo "check-template: sam build needs python3.12 on PATH"; exit 1; }
+	$(SAM) validate --lint --template template.yaml
+	PATH=$(SAM_PATH) $(SAM) build --template template.yaml --cached --parallel
+	$(PY) -m benchmarks.coldstart --check
+	scripts/check-relay-image
+	$(PY) scripts/deploy.py --dry-run
+
+# Build and push the relay image, then `sam deploy` (ENV=production, GUIDED=1 the first time).
+deploy: $(STAMP) $(SAM_STAMP)
+	PYTHON312_DIR=$(PYTHON312_DIR) $(PY) scripts/deploy.py \
+		$(if $(ENV),--config-env $(ENV)) $(if $(GUIDED),--guided)
+
+bench-coldstart: $(STAMP) $(SAM_STAMP)
+	PATH=$(SAM_PATH) $(SAM) build --template template.yaml --cached --parallel
+	$(PY) -m benchmarks.coldstart --runs 7

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmlfleet.adapters import aws
 from cmlfleet.adapters.publisher import SnsEventPublisher
 from cmlfleet.adapters.repository import DynamoDbWorkerRepository
-from cmlfleet.cml.client import CmlClient, CmlSharedState
-from cmlfleet.cml.models import CmlCredentials
 from cmlfleet.domain.worker import Worker
 from cmlfleet.settings import ConfigurationError, load_settings
 
-# Login tokens and circuit-breaker state outlive one invocation (a warm Lambda reuses them).
-_CML_SHARED = CmlSharedState()
+if TYPE_CHECKING:  # the CML client (httpx) is imported by the functions that call CML only
+    from cmlfleet.cml.client import CmlClient, CmlSharedState
+    from cmlfleet.cml.models import CmlCredentials
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +50,17 @@ def cml_credentials() -> CmlCredentials:
     secret = _secrets().get(name, transform="json", max_age=300)
     if not isinstance(secret, dict) or not {"username", "password"} <= secret.keys():
         raise ConfigurationError(f"secret {name} must be JSON with username and password")
+    from cmlfleet.cml.models import CmlCredentials
+
     return CmlCredentials(str(secret["username"]), str(secret["password"]))
+
+
+@lru_cache(maxsize=1)
+def _cml_shared() -> CmlSharedState:
+    """Login tokens and breaker state outlive one invocation (a warm Lambda reuses them)."""
+    from cmlfleet.cml.client import CmlSharedState
+
+    return CmlSharedState()
 
 
 @lru_cache(maxsize=1)
@@ -81,11 +90,13 @@ def cml_client(credentials: CmlCredentials | None = None) -> CmlClient:
     Pass the credentials when calling from a running loop (fetch them with
     `asyncio.to_thread(cml_credentials)`): the secret lookup blocks.
     """
+    from cmlfleet.cml.client import CmlClient
+
     settings = load_settings()
     client = CmlClient(
         (lambda: credentials) if credentials is not None else cml_credentials,
         timeout=settings.cml_timeout_seconds,
         verify_tls=settings.cml_verify_tls,
     )
-    client.share_state_with(_CML_SHARED)
+    client.share_state_with(_cml_shared())
     return client
