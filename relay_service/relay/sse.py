@@ -3,6 +3,7 @@
 `data` is split on every line break the spec recognises (CRLF, LF, CR), one `data:`
 line each, so a payload can never start a new field; `id` and `event` may not contain
 CR, LF or NUL at all (a payload that tries is a bug upstream, so it is refused loudly).
+Text that UTF-8 cannot carry (a lone surrogate) is refused the same way.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class ServerSentEvent:
             lines.append(f"retry: {self.retry_ms}")
         if self.data is not None:
             lines.extend("data: " + line for line in _LINE_BREAK.split(self.data))
-        return ("\n".join(lines) + "\n\n").encode("utf-8")
+        try:
+            return ("\n".join(lines) + "\n\n").encode("utf-8")
+        except UnicodeEncodeError as error:
+            # A lone surrogate: the relay skips such an event, as it does any FrameError.
+            raise FrameError(f"SSE frame is not valid Unicode: {error.reason}") from None
 
 
 def comment(text: str = "") -> bytes:

@@ -76,4 +76,9 @@ def test_termination_is_recorded_at_once_and_ec2_does_not_repeat_it() -> None:
 
 def test_ec2_reporting_the_requested_state_adds_nothing() -> None:
     stopping = request_stop(worker_in(WorkerStatus.RUNNING), by="ada", now=NOW).worker
-    assert apply_ec2_state(stopping, "stopping", observed_at=NOW, now=NOW) is None
+    confirmed = apply_ec2_state(stopping, "stopping", observed_at=NOW, now=NOW)
+    # No event; only EC2's report (state and time) is remembered, to order later ones.
+    assert confirmed is not None
+    assert confirmed.events == []
+    assert confirmed.worker.status is WorkerStatus.STOPPING
+    assert (confirmed.worker.ec2_state, confirmed.worker.ec2_state_at) == ("stopping", NOW)

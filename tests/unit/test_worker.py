@@ -203,7 +203,19 @@ def test_a_repeat_of_the_same_state_changes_nothing() -> None:
     running = applied(new_worker(), "running", 5)
 
     assert apply_ec2_state(running, "running", observed_at=at(5), now=at(10)) is None
-    assert apply_ec2_state(running, "running", observed_at=at(9), now=at(10)) is None
+
+
+def test_a_newer_report_of_the_same_status_is_remembered_without_an_event() -> None:
+    running = applied(new_worker(), "running", 5)
+
+    change = apply_ec2_state(running, "running", observed_at=at(9), now=at(10))
+
+    assert change is not None
+    assert change.events == []
+    assert change.worker.ec2_state_at == at(9)
+    assert change.worker.version == running.version + 1
+    # so a report from in between, delivered last, is recognised as stale
+    assert apply_ec2_state(change.worker, "stopped", observed_at=at(7), now=at(11)) is None
 
 
 def test_a_same_timestamp_report_is_applied_when_ec2_allows_it_to_follow() -> None:

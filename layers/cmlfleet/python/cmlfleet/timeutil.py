@@ -16,7 +16,8 @@ def utc_now() -> datetime:
 def format_rfc3339(moment: datetime) -> str:
     """RFC 3339 in UTC with a `Z` suffix (never `+00:00Z`, the reference's bug)."""
     moment = _require_aware(moment).astimezone(UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime("%Y"): glibc writes the year 999 as "999", not "0999".
+    text = moment.replace(tzinfo=None).isoformat(timespec="seconds")
     if moment.microsecond:
         text += f".{moment.microsecond:06d}"
     return text + "Z"
@@ -25,7 +26,11 @@ def format_rfc3339(moment: datetime) -> str:
 def _require_aware(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("timestamp must carry a timezone (UTC expected)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+01:00: a ValueError, so validation reports it as such.
+        raise ValueError("timestamp is out of range in UTC") from None
 
 
 UtcDateTime = Annotated[

@@ -124,11 +124,12 @@ def register_worker(
 def apply_ec2_state(
     worker: Worker, ec2_state: str, *, observed_at: datetime, now: datetime
 ) -> Change | None:
-    """Apply an EC2 state report, or `None` if it is stale, a repeat, or changes nothing.
+    """Apply an EC2 state report, or `None` if it is stale or a repeat.
 
     EC2 notifications arrive at least once and in any order. A report older than the last
     one applied is stale; one with the same timestamp is applied only if EC2's lifecycle
-    allows it to follow the current state. A terminated worker never comes back.
+    allows it to follow the current state. A terminated worker never comes back. A newer
+    report of the status the worker already has is recorded without an event.
     """
     if worker.status in FINAL_STATUSES:
         return None
@@ -136,7 +137,12 @@ def apply_ec2_state(
         return None
     new_status = status_for_ec2_state(ec2_state)
     if new_status == worker.status:
-        return None
+        # Nothing to announce, but the report is the newest: remember it, or an older one
+        # delivered after it would pass for the newest (running@5 applied, running@9
+        # dropped, stopped@7 arriving last would leave a running instance "stopped").
+        # No event, so one version for the write, which keeps concurrent writers honest.
+        remembered = {"ec2_state": ec2_state, "ec2_state_at": observed_at}
+        return Change(worker.model_copy(update=remembered | {"version": worker.version + 1}))
     started = observed_at if is_transitional(new_status) else None
     updates: dict[str, object] = {
         "status": new_status,

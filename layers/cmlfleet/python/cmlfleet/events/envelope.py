@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cmlfleet.events.catalog import BUS_EVENT_TYPES, EventData
 from cmlfleet.ids import uuid7
@@ -34,6 +35,14 @@ class CloudEvent(BaseModel):
     data: dict[str, Any]
     workerversion: int = Field(ge=0)
     owner: str = Field(min_length=1, max_length=256)
+
+    @field_validator("data")
+    @classmethod
+    def _data_is_strict_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        # NaN and Infinity parse, but the relay would write them into `data:` lines that
+        # a browser's JSON.parse refuses: one such event would break every dashboard.
+        json.dumps(data, allow_nan=False)
+        return data
 
     @property
     def worker_id(self) -> str:

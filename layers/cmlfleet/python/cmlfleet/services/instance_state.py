@@ -101,6 +101,8 @@ def record_state_change(
     elif saved.change is None:
         outcome.version = saved.worker.version
     else:
-        outcome.status, outcome.version = "applied", saved.worker.version
+        # A newer report of the same status is saved (its time matters) but changes nothing.
+        outcome.status = "applied" if saved.change.events else "unchanged"
+        outcome.version = saved.worker.version
         outcome.events = [payload.event_type for payload in saved.change.events]
     return outcome
