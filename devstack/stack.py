@@ -19,6 +19,7 @@ from moto.server import ThreadedMotoServer
 
 from devstack.dispatcher import RuleTapDrainer, ScheduleRunner, StreamPoller, Worker
 from devstack.lambdas import LocalFunction, load_function, shared_environment
+from devstack.motofix import make_transactions_atomic
 from devstack.template import LocalTemplate, localize
 
 log = logging.getLogger("devstack")
@@ -82,6 +83,7 @@ class LocalStack:
         warnings.filterwarnings("ignore", message="Tried to parse AWS::")
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         port = self.moto_port or free_port()
+        make_transactions_atomic()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self._server.start()
         self.endpoint = f"http://127.0.0.1:{port}"

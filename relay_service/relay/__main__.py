@@ -109,6 +109,10 @@ def main() -> int:
         timeout_graceful_shutdown=int(settings.relay_shutdown_max_ms / 1000) + 5,
         log_level=settings.relay_log_level,
         access_log=False,
+        # Longer than the load balancer's idle timeout (90 s in template.yaml), so it is
+        # always the balancer that closes an idle keep-alive connection, never the relay
+        # under a request the balancer is about to send (a 502).
+        timeout_keep_alive=settings.relay_keep_alive_seconds,
     )
     server = RelayServer(config, app.state.relay)
     tune_garbage_collector()

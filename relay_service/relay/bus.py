@@ -109,6 +109,14 @@ class SqsEventBus:
         self._sqs.tag_queue(QueueUrl=self.queue_url, Tags={HEARTBEAT_TAG: str(int(time.time()))})
         self._last_beat = time.monotonic()
 
+    def _release(self, message: dict[str, Any]) -> None:
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        except Exception:  # it comes back after the visibility timeout all the same
+            logger.exception("could not release a poison message early")
+
     def seconds_since_receive(self) -> float | None:
         """Seconds since the queue last answered (set up, or a poll, empty or not)."""
         last = self._last_receive
@@ -137,7 +145,10 @@ class SqsEventBus:
                 events.append(CloudEvent.from_json(message["Body"]))
             except EnvelopeError as error:
                 logger.error("invalid message on the relay queue", reason=str(error))
-                if self._dlq_arn:  # leave it: the redrive policy moves it to the DLQ
+                if self._dlq_arn:
+                    # Leave it, visible again at once: after RELAY_MAX_RECEIVE_COUNT quick
+                    # receives the redrive policy moves it to the DLQ (not one per 30 s).
+                    self._release(message)
                     continue
             done.append(message)
         if events:

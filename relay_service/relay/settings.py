@@ -59,6 +59,7 @@ class RelaySettings(BaseSettings):
     oidc_scopes: str = Field(
         default="openid email profile", pattern=r"^[\x21\x23-\x5b\x5d-\x7e ]+$"
     )
+    relay_keep_alive_seconds: int = Field(default=95, ge=1, le=4000)
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
     relay_log_level: str = Field(default="info", pattern=r"^(critical|error|warning|info|debug)$")

@@ -953,6 +953,15 @@ def test_the_load_balancer_idle_timeout_exceeds_the_heartbeat(
     heartbeat = float(relay_environment["HEARTBEAT_SECONDS"])
     assert heartbeat == RelaySettings.model_fields["heartbeat_seconds"].default
     assert int(attributes["idle_timeout.timeout_seconds"]) > heartbeat
+    # And the relay keeps idle keep-alive connections open longer than the balancer does,
+    # so the balancer never sends a request on a connection the relay is closing (a 502).
+    keep_alive = int(
+        relay_environment.get(
+            "RELAY_KEEP_ALIVE_SECONDS",
+            RelaySettings.model_fields["relay_keep_alive_seconds"].default,
+        )
+    )
+    assert keep_alive > int(attributes["idle_timeout.timeout_seconds"])
 
 
 def test_relay_tasks_scale_between_the_desired_and_the_maximum_count(
