@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from cmlfleet.domain.worker import Worker
 from cmlfleet.events.catalog import WorkerView
+from cmlfleet.events.envelope import CloudEvent
 from fleet_api.main import create_app
 from tests.api.shared_fleet import Fleet, running_fleet
 from tests.hypothesis_profiles import scaled
@@ -137,3 +138,18 @@ def test_after_the_fuzzing_every_stored_worker_is_intact(fleet: Fleet) -> None:
     mine = fleet.client.get("/api/workers", headers=fleet.user("alice"))
     assert mine.status_code == 200
     assert {w["owner"] for w in mine.json()["workers"]} <= {"alice"}
+
+
+def test_after_the_fuzzing_every_event_is_valid_and_versions_never_repeat(fleet: Fleet) -> None:
+    items = fleet.aws.dynamodb.scan(
+        TableName=fleet.aws.table_name,
+        FilterExpression="kind = :event",
+        ExpressionAttributeValues={":event": {"S": "event"}},
+    )["Items"]
+    events = [CloudEvent.from_json(item["event"]["S"]) for item in items]  # each one valid
+    versions = {w.worker_id: w.version for w in fleet.container.commands._repository.list_workers()}
+
+    assert events
+    seen = [(event.subject, event.workerversion) for event in events]
+    assert len(seen) == len(set(seen)), "two events of one worker share a version"
+    assert all(version <= versions[worker_id] for worker_id, version in seen)

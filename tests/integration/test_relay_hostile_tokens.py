@@ -4,6 +4,7 @@ test_relay_auth.py covers no credentials, an expired token, another audience, an
 issuer, and a ticket used twice by its owner. Here: every other forged token the API
 refuses, and tickets that are expired, stolen, raced or garbage. Each refusal is a 401
 JSON answer (EventSource then gives up instead of retrying), and no stream is opened.
+Garbage replay cursors, last, get a resync rather than a broken stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cmlfleet.adapters.tickets import DynamoDbTicketStore
 from cmlfleet.identity import Principal, Role, StaticSigningKeys, TokenVerifier
 from devstack.issuer import DevelopmentIssuer
 from relay.auth import StreamAuthenticator
+from relay.history import DynamoDbEventLog
 from tests.api.test_authentication import REFUSED_TOKENS, TokenMaker
 from tests.conftest import FleetAws
 from tests.integration.test_relay_auth import created
@@ -39,7 +41,7 @@ TICKET_REFUSED = "ticket unknown, used or expired; get a new one"
 class SecureRelay:
     """A relay that takes tickets and bearer tokens, with its ticket store and issuer."""
 
-    def __init__(self, tickets: DynamoDbTicketStore) -> None:
+    def __init__(self, tickets: DynamoDbTicketStore, event_log: DynamoDbEventLog) -> None:
         self.issuer = DevelopmentIssuer(ISSUER, audience="cmlfleet-tests")
         self.verifier = TokenVerifier(
             issuer=ISSUER, audience="cmlfleet-tests", keys=StaticSigningKeys(self.issuer.jwks())
@@ -47,7 +49,9 @@ class SecureRelay:
         self.tickets = tickets
         authenticator = StreamAuthenticator(verifier=self.verifier, tickets=tickets)
         # Frequent heartbeats let a test's reader notice its own close quickly.
-        self.relay = RelayThread(authenticator, heartbeat_seconds=0.5).start()
+        self.relay = RelayThread(authenticator, heartbeat_seconds=0.5)
+        self.relay.relay.event_log = event_log  # replay beyond the ring, as deployed
+        self.relay.start()
         self.url = f"{self.relay.url}/api/events/stream"
 
     def ticket(self, user: str, role: str, *, issued_ago: float = 0, **claims: Any) -> str:
@@ -67,7 +71,10 @@ def secure() -> Iterator[SecureRelay]:
         aws = FleetAws()
         for name, value in aws.environment().items():
             patch.setenv(name, value)
-        secure = SecureRelay(DynamoDbTicketStore(aws.table_name, aws.dynamodb))
+        secure = SecureRelay(
+            DynamoDbTicketStore(aws.table_name, aws.dynamodb),
+            DynamoDbEventLog(aws.table_name, aws.dynamodb),
+        )
         try:
             yield secure
         finally:
@@ -202,3 +209,30 @@ def test_a_principal_with_a_past_expiry_cannot_be_issued_a_usable_ticket(
     ticket = secure.tickets.issue(dead).ticket
 
     assert refused(get(secure.url, params={"ticket": ticket})) == TICKET_REFUSED
+
+
+# ---- replay cursors -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        pytest.param("x" * 10_000, id="10k characters"),
+        pytest.param("%00", id="NUL"),
+        pytest.param("%ff%fe", id="not UTF-8"),
+        pytest.param("ffffffff-ffff-7fff-bfff-ffffffffffff", id="a UUIDv7 in year 10889"),
+        pytest.param("00000000-0000-7000-8000-000000000000", id="a UUIDv7 in 1970"),
+        pytest.param("01a22b14-6808-7045-a30f-3af54113806b", id="a UUIDv7 never issued"),
+        pytest.param("EVENTS%23", id="the log's key prefix"),
+    ],
+)
+def test_a_garbage_replay_cursor_gets_a_resync_not_a_broken_stream(
+    secure: SecureRelay, cursor: str
+) -> None:
+    token = {"Authorization": f"Bearer {secure.issuer.token('ada', 'admin')}"}
+
+    with SseStream(f"{secure.url}?last_event_id={cursor}", headers=token) as stream:
+        connected = stream.next()
+        resync = stream.next()
+
+    assert connected.event == "connected"
+    assert connected.json()["replay"]["status"] == "resync"
+    assert resync.event == "resync"
