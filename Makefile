@@ -8,7 +8,7 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast test-js browser screenshot run event token bench bench-jobs bench-local bench-relay clean lock
+.PHONY: help venv lint typecheck test test-fast test-js browser screenshot soak run event token bench bench-jobs bench-local bench-relay clean lock
 
 # Debian's packages, installed when absent (as root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -50,6 +50,11 @@ test-js:
 browser:
 	@test -x "$(CHROMIUM)" || { echo "installing Debian's chromium for the browser tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+# The relay soak test in its long form (make test runs a 40 s one).
+SOAK_SECONDS ?= 300
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(VENV)/bin/pytest tests/soak -m soak -rP
 
 # Refresh the README's screenshot of the dashboard (taken by the browser tests).
 screenshot: $(STAMP) browser
