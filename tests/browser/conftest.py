@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from cmlfleet import bootstrap
 from devstack.ec2sim import Delays
-from devstack.fleet import seed_demo_fleet
 from devstack.fleetstack import FleetStack
-from devstack.stack import LocalStack
+from tests.localfleet import running_fleet
 
 # What this machine needs to run Chromium headless as root, offline (see the library's
 # notes: without the networking flags it keeps trying to reach Google's hosts).
@@ -62,24 +60,10 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[FleetStack]:
     """The local stack with the demo fleet; schedules off, so only the tests move metrics."""
-    saved = dict(os.environ)
-    bootstrap.reset()
-    stack = FleetStack(
-        ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0),
-        run_schedules=False,
-        overrides={"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"},
-    )
-
-    def seed(local: LocalStack) -> None:
-        seed_demo_fleet(local.client("ec2"), local.region)
-
-    try:
-        yield stack.start(before_simulation=seed)
-    finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        bootstrap.reset()
+    with running_fleet(
+        demo_workers=3, ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0), run_schedules=False
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -5,35 +5,22 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from devstack.fleetstack import FleetStack
+from tests.localfleet import eventually
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = "#workers tbody tr"
-
-
-def eventually(probe: Callable[[], T], check: Callable[[T], bool], timeout: float = 30) -> T:
-    """Poll `probe` until `check` accepts its value; fail with the last value seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last value: {value!r}")
-        time.sleep(0.1)
 
 
 def run_in_thread(work: Callable[[], Any]) -> Any:

@@ -3,16 +3,15 @@ events on the SSE stream through the same origin."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from cmlfleet import bootstrap
 from devstack.ec2sim import Delays
 from devstack.fleetstack import FleetStack
+from tests.localfleet import running_fleet
 from tests.sse_client import SseEvent, SseStream
 
 pytestmark = pytest.mark.e2e
@@ -20,20 +19,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[FleetStack]:
-    saved = dict(os.environ)
-    bootstrap.reset()
-    stack = FleetStack(
-        ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0),
-        run_schedules=False,  # collectors have their own test; here only commands speak
-        overrides={"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"},
-    )
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        bootstrap.reset()
+    # Collectors have their own test; here only commands speak.
+    with running_fleet(
+        ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0), run_schedules=False
+    ) as stack:
+        yield stack
 
 
 def bearer(fleet: FleetStack, user: str, role: str) -> dict[str, str]:

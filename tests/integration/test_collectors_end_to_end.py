@@ -3,15 +3,13 @@ simulated CML hosts and CloudWatch datapoints, events on the stream through the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from cmlfleet import bootstrap
-from devstack.fleet import seed_demo_fleet
 from devstack.fleetstack import FleetStack
-from devstack.stack import LocalStack
+from tests.localfleet import running_fleet
 from tests.sse_client import SseStream
 
 pytestmark = pytest.mark.e2e
@@ -19,23 +17,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[FleetStack]:
-    saved = dict(os.environ)
-    bootstrap.reset()
-    stack = FleetStack(
-        schedule_speedup=30,  # metrics every 2 s, labs every 10 s
-        overrides={"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"},
-    )
-
-    def seed(local: LocalStack) -> None:
-        seed_demo_fleet(local.client("ec2"), local.region, 2)
-
-    try:
-        yield stack.start(before_simulation=seed)
-    finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        bootstrap.reset()
+    # metrics every 2 s, labs every 10 s
+    with running_fleet(demo_workers=2, schedule_speedup=30) as stack:
+        yield stack
 
 
 def test_metrics_and_labs_of_the_demo_fleet_arrive_on_their_own(fleet: FleetStack) -> None:

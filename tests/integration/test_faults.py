@@ -9,12 +9,10 @@ queue.
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -27,51 +25,27 @@ from cmlfleet.services.changes import save_change
 from cmlfleet.timeutil import utc_now
 from devstack.ec2events import put_state_change, state_change_entry
 from devstack.ec2sim import Delays
-from devstack.fleet import seed_demo_fleet
 from devstack.fleetstack import FleetStack
-from devstack.stack import ACCOUNT_ID, LocalStack
+from devstack.stack import ACCOUNT_ID
 from relay.history import DynamoDbEventLog
+from tests.localfleet import eventually, running_fleet
 from tests.sse_client import SseEvent, SseStream
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[FleetStack]:
-    saved = dict(os.environ)
-    bootstrap.reset()
-    stack = FleetStack(
+    with running_fleet(
+        demo_workers=3,
         ec2_delays=Delays(boot=1.0, stop=1.0, terminate=1.0),
         run_schedules=False,  # the tests run the collectors themselves
         overrides={
             "POWERTOOLS_LOG_LEVEL": "CRITICAL",
-            "POWERTOOLS_METRICS_DISABLED": "true",
             "CML_TIMEOUT_SECONDS": "1",  # a hanging host costs a run seconds, not tens
         },
-    )
-
-    def seed(local: LocalStack) -> None:
-        seed_demo_fleet(local.client("ec2"), local.region)
-
-    try:
-        yield stack.start(before_simulation=seed)
-    finally:
-        stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-        bootstrap.reset()
-
-
-def eventually(probe: Callable[[], T], check: Callable[[T], bool], timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last value: {value!r}")
-        time.sleep(0.1)
+    ) as stack:
+        yield stack
 
 
 def admin(fleet: FleetStack) -> dict[str, str]:
