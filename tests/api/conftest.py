@@ -17,6 +17,7 @@ from cmlfleet.adapters.tickets import DynamoDbTicketStore
 from cmlfleet.domain.status import WorkerStatus
 from cmlfleet.identity import StaticSigningKeys, TokenVerifier
 from cmlfleet.services.commands import LaunchDefaults, WorkerCommands
+from cmlfleet.services.labs import LabsCommands
 from devstack.issuer import DevelopmentIssuer
 from fleet_api.deps import Container, get_container
 from fleet_api.main import create_app
@@ -89,14 +90,12 @@ class Api:
         repository.save(changed, [], expected_version=worker.version)
 
 
-@pytest.fixture
-def api(fleet_aws: FleetAws) -> Iterator[Api]:
-    issuer = DevelopmentIssuer(ISSUER, audience="cmlfleet-tests")
-    ec2 = boto3.client("ec2")
-    repository = DynamoDbWorkerRepository(
-        fleet_aws.table_name, fleet_aws.dynamodb, timedelta(days=7)
-    )
-    container = Container(
+def api_container(
+    aws: FleetAws, issuer: DevelopmentIssuer, ec2: Any, labs: LabsCommands | None = None
+) -> Container:
+    """The API's adapters on moto, with tokens checked against `issuer`'s key."""
+    repository = DynamoDbWorkerRepository(aws.table_name, aws.dynamodb, timedelta(days=7))
+    return Container(
         commands=WorkerCommands(
             repository,
             BotoEc2Fleet(ec2),
@@ -109,8 +108,16 @@ def api(fleet_aws: FleetAws) -> Iterator[Api]:
             audience=issuer.audience,
             keys=StaticSigningKeys(issuer.jwks()),
         ),
-        tickets=DynamoDbTicketStore(fleet_aws.table_name, fleet_aws.dynamodb, ttl_seconds=60),
+        tickets=DynamoDbTicketStore(aws.table_name, aws.dynamodb, ttl_seconds=60),
+        labs=labs,
     )
+
+
+@pytest.fixture
+def api(fleet_aws: FleetAws) -> Iterator[Api]:
+    issuer = DevelopmentIssuer(ISSUER, audience="cmlfleet-tests")
+    ec2 = boto3.client("ec2")
+    container = api_container(fleet_aws, issuer, ec2)
     app = create_app()
     app.dependency_overrides[get_container] = lambda: container
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -20,19 +20,15 @@ from fastapi.testclient import TestClient
 from moto import mock_aws
 
 from cmlfleet import bootstrap
-from cmlfleet.adapters.ec2 import BotoEc2Fleet
 from cmlfleet.adapters.repository import DynamoDbWorkerRepository
-from cmlfleet.adapters.tickets import DynamoDbTicketStore
 from cmlfleet.cml.client import CmlClient
 from cmlfleet.cml.models import CmlCredentials
-from cmlfleet.identity import StaticSigningKeys, TokenVerifier
-from cmlfleet.services.commands import LaunchDefaults, WorkerCommands
 from cmlfleet.services.labs import LabsCommands
 from devstack.cmlsim import CmlSimulator
 from devstack.issuer import DevelopmentIssuer
-from fleet_api.deps import Container, get_container
+from fleet_api.deps import get_container
 from fleet_api.main import create_app
-from tests.api.conftest import AMI, ISSUER, Api
+from tests.api.conftest import ISSUER, Api, api_container
 from tests.conftest import FleetAws
 
 CML_PASSWORD = "secret-password"
@@ -70,30 +66,15 @@ def running_fleet() -> Iterator[Fleet]:
         bootstrap.reset()
         issuer = DevelopmentIssuer(ISSUER, audience="cmlfleet-tests")
         ec2 = boto3.client("ec2")
-        repository = DynamoDbWorkerRepository(aws.table_name, aws.dynamodb, timedelta(days=7))
         cml = CmlSimulator(username="admin", password=CML_PASSWORD)
-        container = Container(
-            commands=WorkerCommands(
-                repository,
-                BotoEc2Fleet(ec2),
-                LaunchDefaults(ami_id=AMI, instance_type="c5.2xlarge"),
-                region="us-east-1",
-                source="urn:cmlfleet:test",
-            ),
-            verifier=TokenVerifier(
-                issuer=issuer.issuer,
-                audience=issuer.audience,
-                keys=StaticSigningKeys(issuer.jwks()),
-            ),
-            tickets=DynamoDbTicketStore(aws.table_name, aws.dynamodb, ttl_seconds=60),
-            labs=LabsCommands(
-                repository,
-                _cml_client(cml),
-                lambda w: cml.worker_url(w.instance_id) if w.instance_id else None,
-                source="urn:test",
-                min_interval=0,
-            ),
+        labs = LabsCommands(
+            DynamoDbWorkerRepository(aws.table_name, aws.dynamodb, timedelta(days=7)),
+            _cml_client(cml),
+            lambda w: cml.worker_url(w.instance_id) if w.instance_id else None,
+            source="urn:test",
+            min_interval=0,
         )
+        container = api_container(aws, issuer, ec2, labs)
         app = create_app()
         app.dependency_overrides[get_container] = lambda: container
         try:

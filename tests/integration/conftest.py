@@ -10,6 +10,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from cmlfleet.events.catalog import WorkerStatusUpdated
+from cmlfleet.events.envelope import CloudEvent, make_event
 from devstack.relayproc import RelayProcess
 from devstack.stack import LOCAL_ENVIRONMENT, free_port
 
@@ -43,6 +45,21 @@ def topic_arn(moto_endpoint: MotoEndpoint, request: pytest.FixtureRequest) -> st
 
 
 RelayFactory = Callable[..., RelayProcess]
+
+
+def status_event(
+    version: int = 2, *, worker_id: str = "w-1", reason: str | None = None, owner: str = "alice"
+) -> CloudEvent:
+    """A `worker.status.updated` on the bus (`reason` pads it to a size when needed)."""
+    payload = WorkerStatusUpdated(
+        worker_id=worker_id,
+        old_status="running",
+        new_status="stopping",
+        ec2_state="stopping",
+        transition_started_at=None,
+        reason=reason,
+    )
+    return make_event(payload, worker_id=worker_id, version=version, owner=owner)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from devstack.stack import free_port
 from relay.app import Relay, create_app
 from relay.auth import StreamAuthenticator
 from relay.settings import RelaySettings
+from tests.integration.conftest import status_event
 from tests.sse_client import SseStream
 
 
@@ -115,18 +116,6 @@ def relay_thread() -> Iterator[Callable[..., RelayThread]]:
         relay.stop()
 
 
-def big_event(version: int, size: int) -> CloudEvent:
-    payload = WorkerStatusUpdated(
-        worker_id="w-1",
-        old_status="running",
-        new_status="stopping",
-        ec2_state="stopping",
-        transition_started_at=None,
-        reason="x" * size,
-    )
-    return make_event(payload, worker_id="w-1", version=version, owner="alice")
-
-
 def stalled_client(port: int) -> socket.socket:
     """A client that asks for the stream and then never reads a byte."""
     stalled = socket.socket()
@@ -145,7 +134,9 @@ def test_a_stalled_client_is_cut_off_while_a_healthy_one_keeps_receiving(
         with SseStream(f"{relay.url}/api/events/stream") as healthy:
             healthy.next()
             relay.wait_for_health(lambda h: h["clients"] == 2)
-            sent = [big_event(version, 1_000_000) for version in range(2, 22)]  # ~20 MB
+            sent = [
+                status_event(version, reason="x" * 1_000_000) for version in range(2, 22)
+            ]  # ~20 MB
             for event in sent:
                 relay.publish([event])
                 got = healthy.wait_for(lambda e: e.event == "worker.status.updated")
@@ -165,7 +156,7 @@ def test_shutdown_is_not_held_up_by_a_stalled_client(
     stalled = stalled_client(relay.port)
     try:
         relay.wait_for_health(lambda h: h["clients"] == 1)
-        relay.publish([big_event(version, 1_000_000) for version in range(2, 22)])
+        relay.publish([status_event(version, reason="x" * 1_000_000) for version in range(2, 22)])
         started = time.monotonic()
         relay.stop()
         assert not relay.thread.is_alive()
@@ -180,7 +171,7 @@ def test_an_event_that_cannot_be_framed_does_not_take_its_batch_down(
     relay_thread: Callable[..., RelayThread],
 ) -> None:
     relay = relay_thread()
-    good = [big_event(2, 10), big_event(3, 10)]
+    good = [status_event(2, reason="x" * 10), status_event(3, reason="x" * 10)]
     # Bypass validation to simulate a bug upstream: an id that would break the frame.
     bad = good[0].model_copy(update={"id": "forged\nevent: admin"})
     with SseStream(f"{relay.url}/api/events/stream") as stream:
@@ -199,10 +190,6 @@ def test_the_health_check_fails_when_the_bus_has_been_silent_too_long(
     response = httpx.get(f"{relay.url}/api/events/health", timeout=5)
     assert response.status_code == 503
     assert response.json()["status"] == "bus_unavailable"
-
-
-def status_event(version: int) -> CloudEvent:
-    return big_event(version, 10)
 
 
 def test_a_client_that_comes_back_with_its_last_id_gets_exactly_what_it_missed(

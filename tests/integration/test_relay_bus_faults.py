@@ -12,10 +12,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from cmlfleet.adapters.publisher import SnsEventPublisher
-from cmlfleet.events.catalog import WorkerStatusUpdated
-from cmlfleet.events.envelope import CloudEvent, make_event
+from cmlfleet.events.envelope import CloudEvent
 from relay.bus import SqsEventBus
-from tests.integration.conftest import MotoEndpoint
+from tests.integration.conftest import MotoEndpoint, status_event
 
 
 class FailingReceives:
@@ -38,17 +37,6 @@ class FailingReceives:
                     "ReceiveMessage",
                 )
         return self._client.receive_message(**kwargs)
-
-
-def event(version: int) -> CloudEvent:
-    payload = WorkerStatusUpdated(
-        worker_id="w-1",
-        old_status="running",
-        new_status="stopping",
-        ec2_state="stopping",
-        transition_started_at=None,
-    )
-    return make_event(payload, worker_id="w-1", version=version, owner="alice")
 
 
 def received(sink: queue.Queue[CloudEvent], count: int, timeout: float = 30) -> list[CloudEvent]:
@@ -78,7 +66,7 @@ def test_failing_receives_are_retried_and_lose_nothing(
     bus.start(lambda events: [sink.put(e) for e in events])
     try:
         publisher = SnsEventPublisher(topic_arn, moto_endpoint.client("sns"))
-        sent = [event(version) for version in range(2, 12)]
+        sent = [status_event(version) for version in range(2, 12)]
         for item in sent:
             publisher.publish(item)
         got = received(sink, len(sent))
@@ -105,7 +93,7 @@ def test_a_poison_message_goes_to_the_dlq_after_the_configured_receives(
     sqs.send_message(QueueUrl=bus.queue_url, MessageBody="not json at all")
     bus.start(lambda events: [sink.put(e) for e in events])
     try:
-        good = event(2)
+        good = status_event(2)
         SnsEventPublisher(topic_arn, moto_endpoint.client("sns")).publish(good)
         assert received(sink, 1)[0].id == good.id  # not held up by the poison
         message = _wait_for_message(sqs, dlq_url)

@@ -9,24 +9,10 @@ import sys
 import time
 
 from cmlfleet.adapters.publisher import SnsEventPublisher
-from cmlfleet.events.catalog import WorkerStatusUpdated
-from cmlfleet.events.envelope import CloudEvent, make_event
 from cmlfleet.services.reaper import reap_relay_queues
 from devstack.relayproc import PYTHONPATH
-from tests.integration.conftest import MotoEndpoint, RelayFactory
+from tests.integration.conftest import MotoEndpoint, RelayFactory, status_event
 from tests.sse_client import SseStream
-
-
-def status_event(worker_id: str = "w-1", version: int = 2, reason: str | None = None) -> CloudEvent:
-    payload = WorkerStatusUpdated(
-        worker_id=worker_id,
-        old_status="running",
-        new_status="stopping",
-        ec2_state="stopping",
-        transition_started_at=None,
-        reason=reason,
-    )
-    return make_event(payload, worker_id=worker_id, version=version, owner="alice")
 
 
 def test_a_client_gets_connected_first_then_heartbeats(start_relay: RelayFactory) -> None:
