@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import uvicorn
 
-from devstack import DEMO_USERS
+from devstack import DEMO_USERS, awscalls
 from devstack.cloudwatchsim import CloudWatchFeeder
 from devstack.cmlsim import CmlSimulator
 from devstack.ec2sim import Delays, Ec2Simulator
@@ -125,7 +125,7 @@ class FleetStack:
     def _serve_origin(self, stack: LocalStack) -> None:
         assert self.issuer is not None
         assert self.relay is not None
-        api = stack.functions["ApiFunction"].module.app
+        api = awscalls.acting_app(stack.functions["ApiFunction"].module.app, "ApiFunction")
         origin = LocalOrigin(api=api, relay_url=self.relay.url, auth=self.issuer.app())
         config = uvicorn.Config(
             origin,

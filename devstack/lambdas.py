@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from devstack import awscalls
 from devstack.template import FunctionSource
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -62,7 +63,7 @@ class LocalFunction:
     def invoke(self, event: dict[str, Any]) -> Any:
         """Call the handler with a fresh context, one call at a time in this process."""
         context = LambdaContext(self.name, self.arn, timeout_seconds=self.timeout)
-        with _INVOKE_LOCK:
+        with _INVOKE_LOCK, awscalls.acting_as(self.logical_id):
             return self.handler(event, context)
 
 

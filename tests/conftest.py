@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from cmlfleet import bootstrap
+from devstack import awscalls
 from devstack.lambdas import LambdaContext
 from devstack.template import load_sam_template
 
@@ -32,6 +34,17 @@ SAFE_ENVIRONMENT = {
 for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
     os.environ.pop(_name, None)
 os.environ.update(SAFE_ENVIRONMENT)
+
+# Every local stack this session starts records its deployables' AWS calls here, and
+# tests/iam/test_session_calls.py (run last) checks them all against the IAM policies.
+CALL_LOG = Path(tempfile.mkdtemp(prefix="cmlfleet-aws-calls-"))
+os.environ[awscalls.LOG_VARIABLE] = str(CALL_LOG)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `after_everything` run last (they check what the others recorded)."""
+    last = [item for item in items if item.get_closest_marker("after_everything")]
+    items[:] = [item for item in items if item not in last] + last
 
 
 @pytest.fixture

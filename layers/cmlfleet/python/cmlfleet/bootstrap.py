@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from cmlfleet.adapters import aws
+from cmlfleet.adapters.ec2 import BotoEc2Fleet
 from cmlfleet.adapters.publisher import SnsEventPublisher
 from cmlfleet.adapters.repository import DynamoDbWorkerRepository
 from cmlfleet.domain.worker import Worker
@@ -30,13 +31,24 @@ def event_publisher() -> SnsEventPublisher:
     return SnsEventPublisher(load_settings().topic_arn, aws.client("sns"))
 
 
+@lru_cache(maxsize=1)
+def ec2_fleet() -> BotoEc2Fleet:
+    return BotoEc2Fleet(aws.client("ec2"))
+
+
 def reset() -> None:
     """Forget every built adapter (tests switch environments between cases)."""
     load_settings.cache_clear()
     worker_repository.cache_clear()
     event_publisher.cache_clear()
+    ec2_fleet.cache_clear()
     _secrets.cache_clear()
     aws.reset_clients()
+
+
+def forget_secrets() -> None:
+    """Drop the cached secret values: the next read fetches them again."""
+    _secrets.cache_clear()
 
 
 # ---- the workers' CML API ------------------------------------------------------------------
