@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import IO
 
+from devstack.stack import free_port
 from devstack.template import ROOT
 
 PYTHONPATH = os.pathsep.join(
@@ -20,37 +21,48 @@ PYTHONPATH = os.pathsep.join(
 
 
 class RelayProcess:
-    """Start, probe and stop one relay process."""
+    """Start, probe and stop one relay process.
+
+    `url` is where clients connect; `metrics_url` is the Prometheus endpoint, on its own
+    port (`metrics_port`, a free one unless the caller picks it) as on Fargate.
+    """
 
     def __init__(
         self,
         environment: Mapping[str, str],
         *,
         port: int,
+        metrics_port: int | None = None,
         host: str = "127.0.0.1",
         output: IO[bytes] | None = None,
     ) -> None:
         self.port, self.host = port, host
+        self.metrics_port = metrics_port or free_port(host)
         self.url = f"http://{host}:{port}"
+        self.metrics_url = f"http://{host}:{self.metrics_port}/metrics"
         self._environment = {
             **os.environ,
             **environment,
             "RELAY_HOST": host,
             "RELAY_PORT": str(port),
+            "RELAY_METRICS_PORT": str(self.metrics_port),
             "PYTHONPATH": PYTHONPATH,
             "PYTHONUNBUFFERED": "1",
         }
         self._output = output
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 30.0) -> RelayProcess:
+    def start(self, ready_timeout: float | None = 30.0) -> RelayProcess:
+        """Start the process and wait until it answers (`ready_timeout=None`: do not wait)."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay"],
+            # `python -m relay`, recording its AWS calls if the local stack records them.
+            [sys.executable, "-m", "devstack.relayrun"],
             env=self._environment,
             stdout=self._output,
             stderr=subprocess.STDOUT if self._output else None,
         )
-        self.wait_ready(ready_timeout)
+        if ready_timeout is not None:
+            self.wait_ready(ready_timeout)
         return self
 
     def wait_ready(self, timeout: float) -> None:

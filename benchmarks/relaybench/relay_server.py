@@ -273,6 +273,7 @@ def main() -> None:
         relay_anonymous_role="admin",
         relay_host=LOOPBACK,
         relay_port=args.port,
+        relay_metrics_port=0,
     )
     bus = ControlBus(args.control_port)
     app = create_app(settings, bus, None, build_authenticator(settings))

@@ -2,7 +2,10 @@
 
 uvicorn waits for open responses before it runs the app's shutdown, and an SSE response
 never ends by itself, so the signal first tells the hub to send `system.sse.shutdown`
-and end every stream; uvicorn then closes cleanly.
+and end every stream; uvicorn then closes cleanly. (On ECS the sequence usually began
+earlier, when the task metadata said the task is stopping: `relay/draining.py`.) The
+metrics server on `RELAY_METRICS_PORT` lives in the app's lifespan, so it starts and
+stops with this one and leaves the signals to it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from aws_lambda_powertools import Logger
 
 from cmlfleet.adapters import aws
 from cmlfleet.adapters.tickets import DynamoDbTicketStore
@@ -96,6 +100,9 @@ def main() -> int:
     except ConfigurationError as error:
         print(f"relay: {error}", file=sys.stderr)
         return 2
+    # The parent of every module's `Logger(child=True)`: without it their records have no
+    # handler, and Python prints warnings bare (no keys) and drops the rest.
+    Logger()
     event_log = (
         DynamoDbEventLog(settings.table_name, aws.client("dynamodb"), settings.relay_replay_max)
         if settings.table_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -27,10 +28,13 @@ from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.identity import AuthenticationError, Role
 from cmlfleet.timeutil import utc_now
 from relay.auth import StreamAuthenticator
+from relay.backoff import Backoff, retry
 from relay.dashboard import DashboardFiles, dashboard_config
+from relay.draining import EcsTaskWatch
 from relay.frames import delivery, relay_event_frame
 from relay.history import DynamoDbEventLog, EventRing, Replay
 from relay.hub import Hub, Interest, Subscription, SubscriptionClosedError
+from relay.metrics import MetricsServer
 from relay.observability import LatencyWindow, prometheus_text, tracer
 from relay.response import EventStreamResponse
 from relay.settings import RelaySettings
@@ -42,6 +46,8 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class EventBus(Protocol):
+    # `open` is retried after it raises (Relay.start), so a second call must finish what
+    # the first began rather than make it again; `close` must cope with a half-open bus.
     def open(self) -> None: ...
     def start(self, sink: Any) -> None: ...
     def close(self) -> None: ...
@@ -52,10 +58,16 @@ class Relay:
     """The running relay: the hub, the bus feeding it, and the shutdown sequence."""
 
     def __init__(
-        self, settings: RelaySettings, bus: EventBus, event_log: DynamoDbEventLog | None = None
+        self,
+        settings: RelaySettings,
+        bus: EventBus,
+        event_log: DynamoDbEventLog | None = None,
+        *,
+        bus_backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
+        self._bus_backoff = bus_backoff or Backoff(settings.relay_bus_open_seconds)
         self.hub = Hub(
             settings.relay_client_buffer,
             settings.relay_metrics_window_ms / 1000,
@@ -66,12 +78,35 @@ class Relay:
         self.replay_latency = LatencyWindow()
         self.event_log = event_log
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Open the bus (retried), warm the ring, start polling and watching for draining."""
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.bus.open)
+        await self._open_bus()
         await self._warm_ring()
         self.bus.start(self._from_bus_thread)
+        uri = self.settings.ecs_container_metadata_uri_v4
+        if uri:
+            watch = EcsTaskWatch(
+                uri, self.begin_shutdown, poll_seconds=self.settings.relay_drain_poll_seconds
+            )
+            self._watch = asyncio.create_task(watch.run(), name="relay-ecs-draining")
+
+    async def _open_bus(self) -> None:
+        try:
+            await retry(
+                lambda: asyncio.to_thread(self.bus.open),
+                backoff=self._bus_backoff,
+                what="opening the relay queue",
+                abandon=self._stopping,
+            )
+        except Exception:
+            # Whatever the attempts created (the queue, say) goes now rather than at the
+            # reaper's next pass; the task is about to exit.
+            await asyncio.to_thread(self.bus.close)
+            raise
 
     async def _warm_ring(self) -> None:
         """A restarted relay knows the recent past, so its clients' cursors are found."""
@@ -119,16 +154,42 @@ class Relay:
 
     async def stop(self) -> None:
         self.begin_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         await asyncio.to_thread(self.bus.close)
 
     def begin_shutdown(self) -> None:
-        """Stop accepting clients and tell each to come back after its own jittered delay."""
+        """Stop accepting clients and tell each to come back after its own jittered delay.
+
+        Called by SIGTERM, by the ECS draining watch, and at stop; only the first acts.
+        """
+        self._stopping.set()
         if self.hub.accepting:
             self.hub.shut_down(self._shutdown_frame)
 
     def begin_shutdown_threadsafe(self) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.begin_shutdown)
+
+    def metrics_text(self) -> str:
+        """Counters, gauges and latencies in the Prometheus text format."""
+        hub = self.hub
+        depths = hub.queue_depths()
+        quiet = self.bus.seconds_since_receive()
+        return prometheus_text(
+            counters=dict(hub.stats),
+            gauges={
+                "clients": hub.client_count,
+                "client_queue_depth_max": max(depths, default=0),
+                "client_queue_depth_total": sum(depths),
+                "ring_events": len(self.ring),
+                "seconds_since_bus_receive": -1 if quiet is None else quiet,
+                "accepting": 1 if hub.accepting else 0,
+            },
+            latencies={"broadcast": self.broadcast_latency, "replay": self.replay_latency},
+        )
 
     def publish(self, events: list[CloudEvent]) -> None:
         with tracer.start_as_current_span("relay.broadcast") as span:
@@ -172,22 +233,32 @@ def create_app(
     event_log: DynamoDbEventLog | None = None,
     authenticator: StreamAuthenticator | None = None,
 ) -> FastAPI:
-    """The relay application; `bus` is the SQS bus in production, anything alike in tests."""
+    """The relay application; `bus` is the SQS bus in production, anything alike in tests.
+
+    Its lifespan also runs the metrics server (`app.state.metrics`, on
+    `RELAY_METRICS_PORT`): up before the bus opens, down after the queue is deleted.
+    """
     relay = Relay(settings, bus, event_log)
+    metrics = MetricsServer(relay.metrics_text, settings.relay_host, settings.relay_metrics_port)
     authenticator = authenticator or StreamAuthenticator(
         verifier=None, tickets=None, anonymous_role=Role.ADMIN
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await relay.start()
+        await metrics.start()
         try:
-            yield
+            await relay.start()
+            try:
+                yield
+            finally:
+                await relay.stop()
         finally:
-            await relay.stop()
+            await metrics.stop()
 
     app = FastAPI(title="CML Fleet relay", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.relay = relay
+    app.state.metrics = metrics
 
     # A plain ASGI endpoint, not a FastAPI route: every stream lives for hours, and the
     # framework's per-request machinery (dependency scopes, exit stacks) held ~6 KiB per
@@ -196,9 +267,21 @@ def create_app(
         0, Route("/api/events/stream", StreamEndpoint(relay, authenticator), methods=["GET"])
     )
 
+    @app.get("/api/events/live")
+    async def live() -> JSONResponse:
+        """200 while the process serves requests: the container health check.
+
+        Nothing else is checked, on purpose: a regional SQS blip fails every task's bus
+        check at once, and ECS replacing all of them would not bring SQS back.
+        """
+        return JSONResponse({"status": "alive"})
+
     @app.get("/api/events/health")
     async def health() -> JSONResponse:
-        """200 while this relay accepts clients and hears from its queue, else 503."""
+        """200 while this relay accepts clients and hears from its queue, else 503.
+
+        The load balancer's check: a draining or deaf task gets no new streams.
+        """
         hub = relay.hub
         quiet = relay.bus.seconds_since_receive()
         # A poll returns at least every RELAY_POLL_WAIT_SECONDS; several missed means
@@ -212,28 +295,6 @@ def create_app(
             "stats": dict(hub.stats),
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
-
-    @app.get("/api/events/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
-        """Counters, gauges and latencies in the Prometheus text format."""
-        hub = relay.hub
-        depths = hub.queue_depths()
-        quiet = relay.bus.seconds_since_receive()
-        return prometheus_text(
-            counters=dict(hub.stats),
-            gauges={
-                "clients": hub.client_count,
-                "client_queue_depth_max": max(depths, default=0),
-                "client_queue_depth_total": sum(depths),
-                "ring_events": len(relay.ring),
-                "seconds_since_bus_receive": -1 if quiet is None else quiet,
-                "accepting": 1 if hub.accepting else 0,
-            },
-            latencies={
-                "broadcast": relay.broadcast_latency,
-                "replay": relay.replay_latency,
-            },
-        )
 
     @app.get("/config.json", include_in_schema=False)
     async def config() -> JSONResponse:

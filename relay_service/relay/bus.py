@@ -15,12 +15,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from cmlfleet.events.envelope import CloudEvent, EnvelopeError
-from cmlfleet.services.reaper import HEARTBEAT_TAG
+from cmlfleet.services.reaper import HEARTBEAT_TAG, TOPIC_TAG
 
 logger = Logger(child=True)
 
 EventSink = Callable[[list[CloudEvent]], None]
 HEARTBEAT_SECONDS = 60
+ROLE_TAG = "cmlfleet:role"
 
 
 class SqsEventBus:
@@ -47,38 +48,57 @@ class SqsEventBus:
         self._thread: threading.Thread | None = None
         self.queue_url: str | None = None
         self.subscription_arn: str | None = None
+        self._queue_arn: str | None = None
+        self._creation: dict[str, Any] | None = None
         self._last_receive: float | None = None
         self._last_beat = 0.0
 
     def open(self) -> None:
-        """Create the queue, allow the topic to send to it, and subscribe with raw delivery."""
-        attributes = {"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"}
-        if self._dlq_arn:
-            attributes["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": self._dlq_arn, "maxReceiveCount": self._max_receives}
-            )
-        self.queue_url = self._sqs.create_queue(
-            QueueName=self._queue_name,
-            Attributes=attributes,
-            tags={"cmlfleet:role": "relay", HEARTBEAT_TAG: str(int(time.time()))},
-        )["QueueUrl"]
-        self._last_beat = time.monotonic()
-        queue_arn = self._sqs.get_queue_attributes(
-            QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
+        """Create the queue, allow the topic to send to it, and subscribe with raw delivery.
+
+        Safe to call again after it failed part-way: steps that succeeded are not redone,
+        and the queue is always asked for with the same name, attributes and tags (SQS
+        then answers with the existing queue), so a retry never makes a second queue or
+        subscription, even when a failed call had in fact gone through.
+        """
+        if self.queue_url is None:
+            self.queue_url = self._sqs.create_queue(**self._creation_request())["QueueUrl"]
+        if self._queue_arn is None:
+            self._queue_arn = self._sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
         self._sqs.set_queue_attributes(
             QueueUrl=self.queue_url,
-            Attributes={"Policy": _topic_may_send(self._topic_arn, queue_arn)},
+            Attributes={"Policy": _topic_may_send(self._topic_arn, self._queue_arn)},
         )
-        self.subscription_arn = self._sns.subscribe(
-            TopicArn=self._topic_arn,
-            Protocol="sqs",
-            Endpoint=queue_arn,
-            Attributes={"RawMessageDelivery": "true"},
-            ReturnSubscriptionArn=True,
-        )["SubscriptionArn"]
+        if self.subscription_arn is None:
+            self.subscription_arn = self._sns.subscribe(
+                TopicArn=self._topic_arn,
+                Protocol="sqs",
+                Endpoint=self._queue_arn,
+                Attributes={"RawMessageDelivery": "true"},
+                ReturnSubscriptionArn=True,
+            )["SubscriptionArn"]
         self._last_receive = time.monotonic()
         logger.info("relay queue ready", queue_url=self.queue_url)
+
+    def _creation_request(self) -> dict[str, Any]:
+        """CreateQueue's arguments, fixed at the first attempt (its heartbeat included)."""
+        if self._creation is None:
+            attributes = {"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"}
+            if self._dlq_arn:
+                attributes["RedrivePolicy"] = json.dumps(
+                    {"deadLetterTargetArn": self._dlq_arn, "maxReceiveCount": self._max_receives}
+                )
+            tags = {
+                ROLE_TAG: "relay",
+                TOPIC_TAG: self._topic_arn,
+                HEARTBEAT_TAG: str(int(time.time())),
+            }
+            self._creation = {"QueueName": self._queue_name, "Attributes": attributes, "tags": tags}
+            # The next beat is due a beat after the stamp above, however long set-up takes.
+            self._last_beat = time.monotonic()
+        return self._creation
 
     def start(self, sink: EventSink) -> None:
         """Drain the queue on a background thread, handing each batch of events to `sink`."""

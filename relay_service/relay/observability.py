@@ -1,8 +1,9 @@
 """What the relay reports about itself: counters, gauges, latencies, and tracing spans.
 
-`GET /api/events/metrics` serves them in the Prometheus text format. Spans go through
-the OpenTelemetry API: without an SDK configured they cost nothing; with one (the ADOT
-sidecar on Fargate, say) broadcast and replay show up in traces.
+`GET /metrics` on the metrics port (`RELAY_METRICS_PORT`, `relay/metrics.py`) serves them
+in the Prometheus text format. Spans go through the OpenTelemetry API: without an SDK
+configured they cost nothing; with one (the ADOT sidecar on Fargate, say) broadcast and
+replay show up in traces.
 """
 
 from __future__ import annotations

@@ -21,8 +21,15 @@ class RelaySettings(BaseSettings):
     relay_queue_prefix: str = Field(default="cmlfleet-relay", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     relay_dlq_arn: str | None = Field(default=None, description="redrive target for poison")
     relay_max_receive_count: int = Field(default=5, ge=1, le=1000)
+    # Exactly 16 characters: the task role may touch only `<prefix>-` + 16 characters, so
+    # one stack's prefix can never match another stack's longer one (template.yaml).
     relay_task_id: str = Field(
-        default_factory=lambda: uuid.uuid4().hex[:16], pattern=r"^[A-Za-z0-9_-]{1,36}$"
+        default_factory=lambda: uuid.uuid4().hex[:16],
+        pattern=r"^[a-z0-9-]{16}$",
+        description="16 characters of [a-z0-9-]: names this task's queue",
+    )
+    relay_bus_open_seconds: float = Field(
+        default=120.0, ge=0, le=600, description="how long setting up the queue is retried"
     )
     heartbeat_seconds: float = Field(default=30.0, gt=0, le=300)
     relay_retry_ms: int = Field(default=3000, ge=0, le=600_000)
@@ -62,6 +69,13 @@ class RelaySettings(BaseSettings):
     relay_keep_alive_seconds: int = Field(default=95, ge=1, le=4000)
     relay_host: str = "0.0.0.0"
     relay_port: int = Field(default=8080, ge=0, le=65535)
+    relay_metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="Prometheus metrics, never load balanced"
+    )
+    ecs_container_metadata_uri_v4: str | None = Field(
+        default=None, pattern=r"^https?://", description="set by ECS: watched for draining"
+    )
+    relay_drain_poll_seconds: float = Field(default=2.0, gt=0, le=60)
     relay_log_level: str = Field(default="info", pattern=r"^(critical|error|warning|info|debug)$")
 
     @field_validator(
@@ -74,6 +88,7 @@ class RelaySettings(BaseSettings):
         "oidc_token_url",
         "oidc_logout_url",
         "dashboard_dir",
+        "ecs_container_metadata_uri_v4",
         mode="before",
     )
     @classmethod
@@ -84,6 +99,12 @@ class RelaySettings(BaseSettings):
     def _shutdown_range_is_a_range(self) -> RelaySettings:
         if self.relay_shutdown_min_ms > self.relay_shutdown_max_ms:
             raise ValueError("RELAY_SHUTDOWN_MIN_MS must not exceed RELAY_SHUTDOWN_MAX_MS")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_have_their_own_port(self) -> RelaySettings:
+        if self.relay_metrics_port and self.relay_metrics_port == self.relay_port:
+            raise ValueError("RELAY_METRICS_PORT must differ from RELAY_PORT")
         return self
 
     @model_validator(mode="after")

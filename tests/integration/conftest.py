@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import boto3
 import pytest
@@ -64,10 +64,14 @@ def status_event(
 
 @pytest.fixture
 def start_relay(moto_endpoint: MotoEndpoint, topic_arn: str) -> Iterator[RelayFactory]:
-    """Starts relay processes on free ports; all are stopped at the end of the test."""
+    """Starts relay processes on free ports; all are stopped at the end of the test.
+
+    `output`, when given, receives the process's stdout and stderr (its logs); with
+    `wait=False` the relay is returned before it answers (`wait_ready` it later).
+    """
     started: list[RelayProcess] = []
 
-    def start(**settings: str) -> RelayProcess:
+    def start(output: IO[bytes] | None = None, wait: bool = True, **settings: str) -> RelayProcess:
         environment = {
             **LOCAL_ENVIRONMENT,
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -78,9 +82,9 @@ def start_relay(moto_endpoint: MotoEndpoint, topic_arn: str) -> Iterator[RelayFa
             "RELAY_ANONYMOUS_ROLE": "admin",  # these tests are about transport, not identity
             **settings,
         }
-        relay = RelayProcess(environment, port=free_port())
+        relay = RelayProcess(environment, port=free_port(), output=output)
         started.append(relay)
-        return relay.start()
+        return relay.start(30.0 if wait else None)
 
     yield start
     for relay in started:

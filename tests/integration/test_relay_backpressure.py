@@ -51,12 +51,15 @@ class RelayThread:
             topic_arn="arn:aws:sns:us-east-1:123456789012:events",
             relay_anonymous_role=None if authenticator else "admin",
             table_name="workers" if authenticator else None,
+            relay_host="127.0.0.1",
+            relay_metrics_port=0,  # any free port; `metrics_url` says which
             **settings,
         )
         self.app = create_app(self.settings, self.bus, None, authenticator)
         self.relay: Relay = self.app.state.relay
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = ""  # known once started (the metrics port is picked then)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -73,6 +76,7 @@ class RelayThread:
         while not self.server.started:
             assert time.monotonic() < deadline, "relay did not start"
             time.sleep(0.02)
+        self.metrics_url = f"http://127.0.0.1:{self.app.state.metrics.port}/metrics"
         return self
 
     def publish(self, events: list[CloudEvent]) -> None:
@@ -267,7 +271,7 @@ def test_the_metrics_endpoint_reports_clients_deliveries_cutoffs_and_latencies(
         stream.next()
         relay.publish([status_event(2), status_event(3)])
         stream.collect(2, event_type="worker.status.updated")
-        text = httpx.get(f"{relay.url}/api/events/metrics", timeout=5).text
+        text = httpx.get(relay.metrics_url, timeout=5).text
     samples = dict(
         line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
     )
