@@ -59,6 +59,32 @@ class DevelopmentIssuer:
         claims.update(overrides)
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
+    def access_token(
+        self,
+        username: str,
+        role: str | None,
+        /,  # so that `username` can be overridden as a claim too
+        *,
+        lifetime: float = 12 * 3600,
+        **overrides: Any,
+    ) -> str:
+        """A signed access token shaped as Cognito's: `client_id` and `username`, no `aud`."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "client_id": self.audience,
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.issuer}/{username}")),
+            "username": username,
+            "cognito:groups": [role] if role else [],
+            "token_use": "access",
+            "scope": "openid email",
+            "jti": str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + int(lifetime),
+        }
+        claims.update(overrides)
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+
     def app(self) -> Starlette:
         """The issuer's HTTP side: discovery, keys, and a development-only token endpoint."""
 

@@ -118,6 +118,31 @@ def without_an_expiry(issuer: DevelopmentIssuer) -> str:
     return issuer.token("ada", "admin", exp=None)
 
 
+# Cognito's two kinds of token: an ID token names the app client in `aud`, an access token in
+# `client_id` (and has no `aud`); `token_use` says which, and each is held to its own rule.
+def access_token_for_another_client(issuer: DevelopmentIssuer) -> str:
+    """A genuine access token of the same user pool, issued to another app client."""
+    return issuer.access_token("ada", "admin", client_id="another-app-client")
+
+
+def access_token_with_another_audience(issuer: DevelopmentIssuer) -> str:
+    return issuer.access_token("ada", "admin", aud="other")
+
+
+def id_token_claiming_to_be_an_access_token(issuer: DevelopmentIssuer) -> str:
+    """Right `aud`, but an access token is held to `client_id`, which it lacks."""
+    return issuer.token("ada", "admin", token_use="access")
+
+
+def access_token_claiming_to_be_an_id_token(issuer: DevelopmentIssuer) -> str:
+    """Right `client_id`, but an ID token is held to `aud`, which it lacks."""
+    return issuer.access_token("ada", "admin", token_use="id")
+
+
+def of_another_token_use(issuer: DevelopmentIssuer) -> str:
+    return issuer.token("ada", "admin", token_use="refresh")
+
+
 def garbage(_: DevelopmentIssuer) -> str:
     return "not-a-jwt"
 
@@ -137,6 +162,11 @@ REFUSED_TOKENS = [
     pytest.param(with_only_an_unknown_group, "role", id="unknown group"),
     pytest.param(without_a_subject, 'missing the "sub"', id="no subject"),
     pytest.param(without_an_expiry, 'missing the "exp"', id="no expiry"),
+    pytest.param(access_token_for_another_client, "another client", id="another app client"),
+    pytest.param(access_token_with_another_audience, "audience", id="access with another aud"),
+    pytest.param(id_token_claiming_to_be_an_access_token, '"client_id"', id="id as access"),
+    pytest.param(access_token_claiming_to_be_an_id_token, '"aud"', id="access as id"),
+    pytest.param(of_another_token_use, "token_use", id="another token_use"),
 ]
 
 
@@ -270,6 +300,33 @@ def test_a_user_is_known_by_their_cognito_username(api: Api) -> None:
     response = api.client.get("/api/workers", headers=headers)
 
     assert [w["worker_id"] for w in response.json()["workers"]] == [worker["worker_id"]]
+
+
+def test_a_cognito_access_token_is_accepted_as_the_id_token_is(api: Api) -> None:
+    token = api.issuer.access_token("ada", "admin")
+
+    response = api.client.post("/api/workers", json={"name": "lab"}, headers=bearer(token))
+
+    assert response.status_code == 201, response.text
+    assert response.json()["owner"] == "ada"
+
+
+def test_a_user_is_known_by_the_same_name_from_their_access_token(api: Api) -> None:
+    worker = api.create_worker("lab", "alice")
+    api.create_worker("other", "bob")
+    token = api.issuer.access_token("alice", "user")
+
+    response = api.client.get("/api/workers", headers=bearer(token))
+
+    assert [w["worker_id"] for w in response.json()["workers"]] == [worker["worker_id"]]
+
+
+def test_an_access_token_gets_a_stream_ticket(api: Api) -> None:
+    token = api.issuer.access_token("alice", "user")
+
+    response = api.client.post("/api/events/tickets", headers=bearer(token))
+
+    assert response.status_code == 201, response.text
 
 
 # ---- TokenVerifier, without HTTP ---------------------------------------------------------------

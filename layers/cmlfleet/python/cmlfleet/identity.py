@@ -1,8 +1,11 @@
 """Who is calling: OIDC bearer tokens verified against the issuer's keys, mapped to roles.
 
 Verification checks the signature (RS256 only, so `alg: none` and HMAC-with-the-public-key
-tricks fail), the issuer, the audience, expiry and not-before. Roles come from one claim
-(Cognito's `cognito:groups` by default); the strongest one known wins.
+tricks fail), the issuer, expiry, not-before and whom the token is for. Cognito signs two
+kinds, told apart by `token_use`: an ID token names the app client in `aud`, an access token
+in `client_id` (it has no `aud`); each is held to its own claim, and any other kind is
+refused. Tokens without `token_use` (other issuers) must name the audience in `aud`. Roles
+come from one claim (Cognito's `cognito:groups` by default); the strongest one known wins.
 """
 
 from __future__ import annotations
@@ -112,24 +115,44 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=ALGORITHMS,
-                audience=self._audience,
                 issuer=self._issuer,
                 leeway=CLOCK_SKEW_SECONDS,
-                options={"require": ["exp", "iat", "iss", "sub"]},
+                # Whom the token is for depends on its kind: checked below, once it is verified.
+                options={"require": ["exp", "iat", "iss", "sub"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("token expired") from None
         except jwt.ImmatureSignatureError:
             raise AuthenticationError("token not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise AuthenticationError("token is for another audience") from None
         except jwt.InvalidIssuerError:
             raise AuthenticationError("token from another issuer") from None
         except jwt.InvalidSignatureError:
             raise AuthenticationError("token signature does not verify") from None
         except jwt.InvalidTokenError as error:
             raise AuthenticationError(f"invalid token: {error}") from None
+        self._check_audience(claims)
         return principal_from_claims(claims, self._roles_claim)
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        """The token is for our client: in `client_id` for an access token, else in `aud`."""
+        kind = claims.get("token_use")
+        if kind == "access":
+            client_id = claims.get("client_id")
+            if not client_id:
+                raise AuthenticationError('access token is missing the "client_id" claim')
+            if client_id != self._audience:
+                raise AuthenticationError("access token is for another client")
+            # Cognito's have no `aud`; one that names someone else was not meant for us.
+            if claims.get("aud") and not _names(claims["aud"], self._audience):
+                raise AuthenticationError("token is for another audience")
+        elif kind in (None, "id"):
+            if not claims.get("aud"):
+                raise AuthenticationError('token is missing the "aud" claim')
+            if not _names(claims["aud"], self._audience):
+                raise AuthenticationError("token is for another audience")
+        else:
+            # Not echoed: the claim is the issuer's text, not ours to show.
+            raise AuthenticationError('token_use not accepted: only "id" and "access" tokens are')
 
 
 def principal_from_claims(claims: Mapping[str, Any], roles_claim: str) -> Principal:
@@ -144,6 +167,13 @@ def principal_from_claims(claims: Mapping[str, Any], roles_claim: str) -> Princi
 def strongest_role(names: Iterable[str]) -> Role | None:
     known = [Role(name) for name in names if name in {role.value for role in Role}]
     return max(known, key=ROLE_STRENGTH.__getitem__, default=None)
+
+
+def _names(aud: object, audience: str) -> bool:
+    """Whether an `aud` claim (one string or a list of them) names `audience`, as PyJWT reads it."""
+    if isinstance(aud, str):
+        return aud == audience
+    return isinstance(aud, list) and all(isinstance(a, str) for a in aud) and audience in aud
 
 
 def _as_list(value: object) -> list[str]:
