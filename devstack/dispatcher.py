@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from devstack.lambdas import LocalFunction
+from devstack.template import AsyncInvokeConfig
 
 log = logging.getLogger("devstack.dispatcher")
 
@@ -53,59 +54,130 @@ class Worker(threading.Thread):
         self.stopping.set()
 
 
-class RuleTapDrainer(Worker):
-    """Drains one tap queue (an EventBridge rule's target) into its function.
+# Lambda waits about a minute before the first retry of a failed asynchronous invocation
+# and two before the second (Lambda Developer Guide, "invocation-async-error-handling").
+LAMBDA_RETRY_DELAYS = (60.0, 120.0)
+Destination = Callable[[dict[str, Any]], None]
 
-    Like EventBridge's asynchronous invoke: a failing event is retried (the message comes
-    back after its visibility timeout) up to the rule's retry count, then goes to the
-    rule's dead-letter queue. A message that is not JSON goes there at once.
-    """
+
+class AsyncInvocation:
+    """What Lambda does with an event it was given asynchronously (EventBridge rules and
+    EventBridge Scheduler invoke functions so): run it; if the function fails, run it
+    again after a delay up to `max_retries` times; then send a record of the failure to
+    the function's `OnFailure` destination, or drop it. The rule's or schedule's own retry
+    policy and dead-letter queue never see a function error: they are for events that
+    could not be handed to Lambda at all."""
 
     def __init__(
         self,
-        sqs: Any,
-        queue_url: str,
         function: LocalFunction,
-        account: str,
-        max_retries: int,
-        dead_letter_url: str | None = None,
+        config: AsyncInvokeConfig,
+        *,
+        destination: Destination | None = None,
+        retry_delays: tuple[float, ...] = LAMBDA_RETRY_DELAYS,
     ) -> None:
-        super().__init__(f"tap-{function.logical_id}", idle_wait=0.0)
-        self._sqs, self._queue_url, self._function = sqs, queue_url, function
-        self._account, self._max_retries = account, max_retries
-        self._dead_letter_url = dead_letter_url
+        self.function, self.config = function, config
+        self._destination, self._delays = destination, retry_delays
+        self.last_result: Any = None  # what the last successful run returned (Lambda drops it)
+
+    def attempt(self, event: dict[str, Any], number: int, age_seconds: float) -> float | None:
+        """Run attempt `number` (1 is the first); the delay before the next one, or None
+        when the event is done with (it succeeded, or went to the destination)."""
+        if age_seconds > self.config.max_event_age_seconds:
+            self._give_up(event, number - 1, "EventAgeExceeded", None)
+            return None
+        try:
+            self.last_result = self.function.invoke(event)
+        except Exception as error:
+            if number <= self.config.max_retries:
+                log.warning("%s failed (attempt %d); Lambda retries it", self.function.name, number)
+                return self._delays[min(number, len(self._delays)) - 1]
+            log.exception("%s failed %d times", self.function.name, number)
+            self._give_up(event, number, "RetriesExhausted", error)
+        return None
+
+    def _give_up(
+        self, event: dict[str, Any], attempts: int, condition: str, error: Exception | None
+    ) -> None:
+        if self._destination is None:
+            log.error("%s: event dropped, as Lambda drops it (%s)", self.function.name, condition)
+            return
+        self._destination(failure_record(self.function, event, attempts, condition, error))
+
+
+def failure_record(
+    function: LocalFunction,
+    event: dict[str, Any],
+    attempts: int,
+    condition: str,
+    error: Exception | None,
+) -> dict[str, Any]:
+    """The record Lambda sends to an asynchronous invocation's OnFailure destination."""
+    return {
+        "version": "1.0",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": f"{function.arn}:$LATEST",
+            "condition": condition,
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": event,
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        },
+        "responsePayload": {
+            "errorMessage": str(error) if error else condition,
+            "errorType": type(error).__name__ if error else condition,
+            "stackTrace": [],
+        },
+    }
+
+
+class RuleTapDrainer(Worker):
+    """Drains one tap queue (an EventBridge rule's target) into its function, invoking it
+    asynchronously as EventBridge does (see `AsyncInvocation`): a failed event comes back
+    on the queue after Lambda's retry delay (its visibility is set to it)."""
+
+    def __init__(self, sqs: Any, queue_url: str, invocation: AsyncInvocation, account: str):
+        super().__init__(f"tap-{invocation.function.logical_id}", idle_wait=0.0)
+        self._sqs, self._queue_url = sqs, queue_url
+        self._invocation, self._account = invocation, account
 
     def poll_once(self) -> bool:
         response = self._sqs.receive_message(
             QueueUrl=self._queue_url,
             MaxNumberOfMessages=10,
             WaitTimeSeconds=1,
-            AttributeNames=["ApproximateReceiveCount"],
+            AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )
         messages = response.get("Messages", [])
         for message in messages:
-            receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-            try:
-                event = json.loads(message["Body"])
-                event.setdefault("account", self._account)  # moto's envelope lacks it
-                self._function.invoke(event)
-            except json.JSONDecodeError:
-                log.error("tap message is not JSON; dead-lettered")
-                self._dead_letter(message["Body"])
-            except Exception:
-                if receives <= self._max_retries:
-                    log.exception("%s failed; EventBridge would retry", self._function.name)
-                    continue
-                log.exception("%s failed %d times; dead-lettered", self._function.name, receives)
-                self._dead_letter(message["Body"])
-            self._sqs.delete_message(
-                QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
-            )
+            self._handle(message)
         return bool(messages)
 
-    def _dead_letter(self, body: str) -> None:
-        if self._dead_letter_url:
-            self._sqs.send_message(QueueUrl=self._dead_letter_url, MessageBody=body)
+    def _handle(self, message: dict[str, Any]) -> None:
+        attributes = message.get("Attributes", {})
+        attempt = int(attributes.get("ApproximateReceiveCount", "1"))
+        age = time.time() - int(attributes.get("SentTimestamp", time.time() * 1000)) / 1000
+        try:
+            event = json.loads(message["Body"])
+        except json.JSONDecodeError:
+            log.error("tap message is not JSON (EventBridge sends none such); dropped")
+            event = None
+        if isinstance(event, dict):
+            event.setdefault("account", self._account)  # moto's envelope lacks it
+            retry_in = self._invocation.attempt(event, attempt, age)
+            if retry_in is not None:
+                self._sqs.change_message_visibility(
+                    QueueUrl=self._queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=max(0, round(retry_in)),
+                )
+                return
+        self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
 class StreamPoller(Worker):
@@ -189,7 +261,11 @@ class StreamPoller(Worker):
         log.error("%s gave up at record %s", self._function.name, first)
         self._attempts[shard_id] = 0
         if self._on_failure:
-            failed = [r for r in records if int(r["dynamodb"]["SequenceNumber"]) >= int(first)]
+            failed = [
+                {**r, "eventSourceARN": self._arn}
+                for r in records
+                if int(r["dynamodb"]["SequenceNumber"]) >= int(first)
+            ]
             try:
                 self._on_failure(shard_id, failed)
             except Exception:
@@ -209,26 +285,27 @@ def rate_seconds(expression: str) -> float:
 
 
 class ScheduleRunner(Worker):
-    """Fires a function on its schedule, `speedup` times faster than the template says.
+    """Fires a function on its schedule, `speedup` times faster than the template says,
+    invoking it asynchronously as EventBridge Scheduler does (see `AsyncInvocation`; the
+    template gives the scheduled functions no retries, so a failed run is logged and the
+    next one comes on time).
 
-    The first run is right at start, so a new local stack shows data at once. A run that
-    fails is logged; the next one comes on time (as with a retry policy of zero).
+    The first run is right at start, so a new local stack shows data at once.
     """
 
     def __init__(
         self,
-        function: LocalFunction,
+        invocation: AsyncInvocation,
         expression: str,
         *,
         speedup: float = 1.0,
         before_run: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(f"schedule-{function.logical_id}", idle_wait=0.0)
-        self._function = function
+        super().__init__(f"schedule-{invocation.function.logical_id}", idle_wait=0.0)
+        self._invocation = invocation
         self.interval = rate_seconds(expression) / speedup
         self._before_run = before_run
         self.runs = 0
-        self.last_result: Any = None
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -236,11 +313,24 @@ class ScheduleRunner(Worker):
             try:
                 if self._before_run is not None:
                     self._before_run()
-                self.last_result = self._function.invoke(_scheduled_event(self._function.arn))
+                self._fire(_scheduled_event(self._invocation.function.arn))
             except Exception:
-                log.exception("scheduled %s failed", self._function.name)
+                log.exception("scheduled %s failed", self._invocation.function.name)
             self.runs += 1
             self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    @property
+    def last_result(self) -> Any:
+        return self._invocation.last_result
+
+    def _fire(self, event: dict[str, Any]) -> None:
+        fired, attempt = time.monotonic(), 1
+        while not self.stopping.is_set():
+            retry_in = self._invocation.attempt(event, attempt, time.monotonic() - fired)
+            if retry_in is None:
+                return
+            self.stopping.wait(retry_in)
+            attempt += 1
 
 
 def _scheduled_event(function_arn: str) -> dict[str, Any]:

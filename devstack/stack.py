@@ -8,16 +8,25 @@ import logging
 import os
 import socket
 import time
+import uuid
 import warnings
 import zipfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
 
-from devstack.dispatcher import RuleTapDrainer, ScheduleRunner, StreamPoller, Worker
+from devstack import awscalls, iampolicies
+from devstack.dispatcher import (
+    AsyncInvocation,
+    RuleTapDrainer,
+    ScheduleRunner,
+    StreamPoller,
+    Worker,
+)
 from devstack.lambdas import LocalFunction, load_function, shared_environment
 from devstack.motofix import make_transactions_atomic
 from devstack.template import LocalTemplate, localize
@@ -61,11 +70,15 @@ class LocalStack:
     """Starts and stops everything but the relay; `environment()` is what other processes need."""
 
     region: str = "us-east-1"
+    stack_name: str = STACK_NAME
     moto_port: int = 0
     stream_poll_interval: float = 0.05
     overrides: dict[str, str] = field(default_factory=dict)  # win over the template's
     parameters: dict[str, str] = field(default_factory=lambda: dict(LOCAL_PARAMETERS))
     schedule_speedup: float = 1.0
+    # Lambda waits 1 and then 2 minutes before retrying a failed asynchronous invocation;
+    # the local stack keeps the count and the order, not the wait.
+    async_retry_delays: tuple[float, ...] = (1.0, 2.0)
     run_schedules: bool = False
     before_schedule: dict[str, Any] = field(default_factory=dict)  # function id → hook
     schedules: dict[str, ScheduleRunner] = field(default_factory=dict)
@@ -74,6 +87,8 @@ class LocalStack:
     resources: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     functions: dict[str, LocalFunction] = field(default_factory=dict)
+    call_log: Path | None = field(default_factory=lambda: _path_from(awscalls.LOG_VARIABLE))
+    recording: awscalls.Recording | None = None
     _server: ThreadedMotoServer | None = None
     _workers: list[Worker] = field(default_factory=list)
 
@@ -90,6 +105,7 @@ class LocalStack:
         os.environ.update(self.environment())
         self._configure_moto()
         self.deploy()
+        self._record_calls()
         self.start_dispatch()
         return self
 
@@ -99,6 +115,8 @@ class LocalStack:
         variables |= {"AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
         if self.endpoint:
             variables["AWS_ENDPOINT_URL"] = self.endpoint
+        if self.recording is not None:
+            variables[awscalls.RUN_VARIABLE] = str(self.recording.directory)
         return variables
 
     def client(self, service: str) -> Any:
@@ -108,27 +126,39 @@ class LocalStack:
 
     def deploy(self) -> None:
         """Create the template's stack in moto and fill the gaps it leaves."""
-        self.template = template = localize(bucket=CODE_BUCKET, parameters=self.parameters)
+        template = self.create()
+        self._load_functions(template)
+        self._subscribe(template)
+
+    def create(self) -> LocalTemplate:
+        """Create the template's stack in moto (already running at `endpoint`), with its
+        code and secrets; another stack of another name may already be there."""
+        self.template = template = localize(
+            bucket=self.code_bucket, parameters=self.parameters, stack_name=self.stack_name
+        )
         self._upload_code(template.artifacts)
-        self._create_secrets(template)
+        arns = self._create_secrets(template)
         cloudformation = self.client("cloudformation")
         cloudformation.create_stack(
-            StackName=STACK_NAME,
-            TemplateBody=json.dumps(template.cloudformation),
+            StackName=self.stack_name,
+            TemplateBody=_with_secret_arns(json.dumps(template.cloudformation), arns),
             Parameters=[
                 {"ParameterKey": key, "ParameterValue": value}
                 for key, value in self.parameters.items()
             ],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
-        stack = _wait_for_stack(cloudformation)
+        stack = _wait_for_stack(cloudformation, self.stack_name)
         self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         paginator = cloudformation.get_paginator("list_stack_resources")
-        for page in paginator.paginate(StackName=STACK_NAME):
+        for page in paginator.paginate(StackName=self.stack_name):
             for summary in page["StackResourceSummaries"]:
                 self.resources[summary["LogicalResourceId"]] = summary["PhysicalResourceId"]
-        self._load_functions(template)
-        self._subscribe(template)
+        return template
+
+    @property
+    def code_bucket(self) -> str:
+        return CODE_BUCKET if self.stack_name == STACK_NAME else f"{self.stack_name}-code"
 
     def start_dispatch(self) -> None:
         assert self.template is not None
@@ -136,12 +166,7 @@ class LocalStack:
         for tap in self.template.taps:
             self._workers.append(
                 RuleTapDrainer(
-                    sqs,
-                    self.resources[tap.queue_id],
-                    self.functions[tap.function_id],
-                    ACCOUNT_ID,
-                    tap.max_retries,
-                    self.resources.get(tap.dead_letter_id) if tap.dead_letter_id else None,
+                    sqs, self.resources[tap.queue_id], self.invocation(tap.function_id), ACCOUNT_ID
                 )
             )
         dynamodb, streams = self.client("dynamodb"), self.client("dynamodbstreams")
@@ -169,7 +194,7 @@ class LocalStack:
         assert self.template is not None
         for schedule in self.template.schedules:
             runner = ScheduleRunner(
-                self.functions[schedule.function_id],
+                self.invocation(schedule.function_id),
                 schedule.expression,
                 speedup=self.schedule_speedup,
                 before_run=self.before_schedule.get(schedule.function_id),
@@ -177,6 +202,24 @@ class LocalStack:
             self.schedules[schedule.function_id] = runner
             self._workers.append(runner)
             runner.start()
+
+    def invocation(self, function_id: str) -> AsyncInvocation:
+        """The function invoked asynchronously, with the template's settings for failures."""
+        assert self.template is not None
+        config = self.template.async_config(function_id)
+        destination = None
+        if config.on_failure_id is not None:
+            sqs, queue_url = self.client("sqs"), self.resources[config.on_failure_id]
+
+            def destination(record: dict[str, Any]) -> None:
+                sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(record))
+
+        return AsyncInvocation(
+            self.functions[function_id],
+            config,
+            destination=destination,
+            retry_delays=self.async_retry_delays,
+        )
 
     def secret_value(self, logical_id: str) -> dict[str, Any]:
         """A secret the local stack made, as JSON (e.g. the CML credentials)."""
@@ -187,6 +230,8 @@ class LocalStack:
         return parsed
 
     def stop(self) -> None:
+        if self.recording is not None:
+            awscalls.stop()
         for worker in self._workers:
             worker.stop()
         for worker in self._workers:
@@ -217,13 +262,28 @@ class LocalStack:
 
     def _upload_code(self, artifacts: dict[str, Path]) -> None:
         s3 = self.client("s3")
-        s3.create_bucket(Bucket=CODE_BUCKET)
+        s3.create_bucket(Bucket=self.code_bucket)
         for key, directory in artifacts.items():
-            s3.put_object(Bucket=CODE_BUCKET, Key=key, Body=_zip_directory(directory))
+            s3.put_object(Bucket=self.code_bucket, Key=key, Body=_zip_directory(directory))
 
-    def _create_secrets(self, template: LocalTemplate) -> None:
-        """moto's CloudFormation skips secrets: make each, generating as the template asks."""
+    def _record_calls(self) -> None:
+        """Record the deployables' AWS calls, beside the policies their roles have."""
+        if self.call_log is None or self.template is None:
+            return
+        directory = self.call_log / f"run-{uuid.uuid4().hex[:12]}"
+        directory.mkdir(parents=True)
+        policies = iampolicies.snapshot(
+            self.template.cloudformation, self.resources, self.client("iam")
+        )
+        iampolicies.write(directory / awscalls.POLICIES_FILE, policies)
+        self.recording = awscalls.Recording(directory, awscalls.Lookup(self.client), None)
+        awscalls.start(self.recording)
+
+    def _create_secrets(self, template: LocalTemplate) -> dict[str, str]:
+        """moto's CloudFormation skips secrets: make each, generating as the template asks.
+        Returns each secret's ARN by the name the template now refers to it by."""
         secrets = self.client("secretsmanager")
+        arns: dict[str, str] = {}
         for secret in template.secrets:
             generate = secret.properties.get("GenerateSecretString")
             if generate:
@@ -235,7 +295,9 @@ class LocalStack:
                 text = json.dumps(value)
             else:
                 text = str(secret.properties.get("SecretString", ""))
-            secrets.create_secret(Name=secret.name, SecretString=text)
+            created = secrets.create_secret(Name=secret.name, SecretString=text)
+            arns[secret.name] = created["ARN"]
+        return arns
 
     def _load_functions(self, template: LocalTemplate) -> None:
         lambda_client = self.client("lambda")
@@ -291,26 +353,61 @@ class LocalStack:
         sqs, queue_url = self.client("sqs"), self.resources[dlq_id]
 
         def send(shard_id: str, records: list[dict[str, Any]]) -> None:
-            first, last = records[0]["dynamodb"], records[-1]["dynamodb"]
-            sqs.send_message(
-                QueueUrl=queue_url,
-                MessageBody=json.dumps(
-                    {
-                        "shard": shard_id,
-                        "startSequenceNumber": first["SequenceNumber"],
-                        "endSequenceNumber": last["SequenceNumber"],
-                        "batchSize": len(records),
-                    }
-                ),
-            )
+            record = stream_failure(shard_id, records)
+            sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(record))
 
         return send
 
 
-def _wait_for_stack(cloudformation: Any, timeout: float = 60) -> dict[str, Any]:
+def _with_secret_arns(template_body: str, arns: dict[str, str]) -> str:
+    """A secret's `Ref` is its ARN on AWS (what the policies name): so it is here too."""
+    for name, arn in arns.items():
+        template_body = template_body.replace(json.dumps(name), json.dumps(arn))
+    return template_body
+
+
+def _path_from(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
+def stream_failure(shard_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What Lambda sends a stream mapping's OnFailure destination: where the failed batch
+    was in the stream and when it arrived, not its records (they expire with the stream)."""
+    first, last = records[0], records[-1]
+
+    def arrival(record: dict[str, Any]) -> str:
+        created = float(record["dynamodb"].get("ApproximateCreationDateTime", time.time()))
+        moment = datetime.fromtimestamp(created, UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": "",
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 1,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": ""},
+        "version": "1.0",
+        "timestamp": now,
+        "DDBStreamBatchInfo": {
+            "shardId": shard_id,
+            "startSequenceNumber": first["dynamodb"]["SequenceNumber"],
+            "endSequenceNumber": last["dynamodb"]["SequenceNumber"],
+            "approximateArrivalOfFirstRecord": arrival(first),
+            "approximateArrivalOfLastRecord": arrival(last),
+            "batchSize": len(records),
+            "streamArn": first.get("eventSourceARN", ""),
+        },
+    }
+
+
+def _wait_for_stack(cloudformation: Any, name: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
         status = stack["StackStatus"]
         if status == "CREATE_COMPLETE":
             return stack

@@ -8,8 +8,9 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from devstack.dispatcher import RuleTapDrainer, StreamPoller
+from devstack.dispatcher import AsyncInvocation, RuleTapDrainer, ScheduleRunner, StreamPoller
 from devstack.lambdas import LocalFunction
+from devstack.template import AsyncInvokeConfig
 
 
 class FakeStreams:
@@ -129,35 +130,99 @@ def test_a_failure_destination_that_fails_does_not_trap_the_shard() -> None:
     assert handler.seen == [1, 2]
 
 
-@mock_aws
-def test_a_rule_tap_dead_letters_an_event_once_its_retries_are_spent() -> None:
-    sqs = boto3.client("sqs")
-    tap = sqs.create_queue(QueueName="tap", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
-    dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
-    calls: list[dict[str, Any]] = []
+def async_invocation(handler: Any, **config: Any) -> tuple[AsyncInvocation, list[dict[str, Any]]]:
+    sent: list[dict[str, Any]] = []
+    invocation = AsyncInvocation(
+        function(handler),
+        AsyncInvokeConfig("Fn", **config),
+        destination=sent.append if config.get("on_failure_id") else None,
+        retry_delays=(0.0, 0.0),
+    )
+    return invocation, sent
 
-    def failing(event: dict[str, Any], context: Any) -> None:
-        calls.append(event)
+
+class Failing:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any], context: Any) -> None:
+        self.calls.append(event)
         raise RuntimeError("handler bug")
 
-    drainer = RuleTapDrainer(sqs, tap, function(failing), "123456789012", 1, dlq)
+
+@mock_aws
+def test_a_failing_function_runs_three_times_then_its_event_goes_to_the_failure_destination() -> (
+    None
+):
+    sqs = boto3.client("sqs")
+    tap = sqs.create_queue(QueueName="tap")["QueueUrl"]
+    handler = Failing()
+    invocation, sent = async_invocation(handler, on_failure_id="Failures")
+    drainer = RuleTapDrainer(sqs, tap, invocation, "123456789012")
     sqs.send_message(QueueUrl=tap, MessageBody=json.dumps({"id": "e1", "detail": {}}))
-    for _ in range(3):
+
+    for _ in range(5):
         drainer.poll_once()
-    assert len(calls) == 2  # the first try and one retry
-    assert calls[0]["account"] == "123456789012"  # added, as moto's envelope lacks it
-    dead = sqs.receive_message(QueueUrl=dlq)["Messages"]
-    assert json.loads(dead[0]["Body"])["id"] == "e1"
+
+    assert len(handler.calls) == 3  # the first try and Lambda's two retries
+    assert handler.calls[0]["account"] == "123456789012"  # added, as moto's envelope lacks it
+    [record] = sent
+    assert record["requestPayload"]["id"] == "e1"
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["requestContext"]["functionArn"].endswith(":function:fn:$LATEST")
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert record["responsePayload"]["errorMessage"] == "handler bug"
     assert "Messages" not in sqs.receive_message(QueueUrl=tap)
 
 
 @mock_aws
-def test_a_rule_tap_dead_letters_a_message_that_is_not_json_at_once() -> None:
+def test_without_a_destination_lambda_drops_the_event_after_its_retries() -> None:
     sqs = boto3.client("sqs")
     tap = sqs.create_queue(QueueName="tap")["QueueUrl"]
-    dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
-    drainer = RuleTapDrainer(sqs, tap, function(lambda e, c: None), "123456789012", 5, dlq)
+    handler = Failing()
+    invocation, _ = async_invocation(handler, max_retries=1)
+    drainer = RuleTapDrainer(sqs, tap, invocation, "123456789012")
+    sqs.send_message(QueueUrl=tap, MessageBody=json.dumps({"id": "e1"}))
+    for _ in range(4):
+        drainer.poll_once()
+    assert len(handler.calls) == 2
+    assert "Messages" not in sqs.receive_message(QueueUrl=tap)
+
+
+def test_an_event_older_than_its_maximum_age_is_not_run_but_sent_to_the_destination() -> None:
+    handler = Failing()
+    invocation, sent = async_invocation(handler, on_failure_id="Failures", max_event_age_seconds=60)
+    assert invocation.attempt({"id": "old"}, 2, age_seconds=61) is None
+    assert handler.calls == []
+    assert sent[0]["requestContext"]["condition"] == "EventAgeExceeded"
+
+
+def test_a_retry_waits_lambdas_delay_for_its_attempt() -> None:
+    invocation = AsyncInvocation(
+        function(Failing()), AsyncInvokeConfig("Fn"), retry_delays=(60.0, 120.0)
+    )
+    assert invocation.attempt({}, 1, 0) == 60.0
+    assert invocation.attempt({}, 2, 61) == 120.0
+    assert invocation.attempt({}, 3, 181) is None
+
+
+def test_a_scheduled_function_with_no_retries_is_run_once_per_firing() -> None:
+    handler = Failing()
+    invocation, _ = async_invocation(handler, max_retries=0)
+    runner = ScheduleRunner(invocation, "rate(1 minute)")
+    runner._fire({"id": "tick"})
+    assert len(handler.calls) == 1
+
+
+@mock_aws
+def test_a_rule_tap_drops_a_message_that_is_not_json() -> None:
+    sqs = boto3.client("sqs")
+    tap = sqs.create_queue(QueueName="tap")["QueueUrl"]
+    called: list[Any] = []
+    invocation, sent = async_invocation(lambda e, c: called.append(e), on_failure_id="F")
+    drainer = RuleTapDrainer(sqs, tap, invocation, "123456789012")
     sqs.send_message(QueueUrl=tap, MessageBody="not json")
     drainer.poll_once()
-    assert sqs.receive_message(QueueUrl=dlq)["Messages"][0]["Body"] == "not json"
+    assert (called, sent) == ([], [])
     assert "Messages" not in sqs.receive_message(QueueUrl=tap)
