@@ -6,7 +6,9 @@ local `CodeUri`/`ContentUri` become `s3://` URIs (as `sam package` does); every 
 target of an EventBridge rule becomes an SQS tap queue (moto's `put_events` fails on a
 Lambda target); DynamoDB event source mappings are taken out (moto would try to run
 the function in Docker and then drop the stream records); schedules and secrets are
-taken out (the runner fires and creates them).
+taken out (the runner fires and creates them); so are the functions' asynchronous
+invocation settings (`AWS::Lambda::EventInvokeConfig`, which moto does not model), which
+the runner applies as Lambda does to what EventBridge and Scheduler invoke.
 
 What exists only on AWS is localized too, never weakened in the template itself:
 
@@ -86,6 +88,17 @@ class RuleTap:
 
 
 @dataclass(frozen=True)
+class AsyncInvokeConfig:
+    """How Lambda handles a failed asynchronous invocation of a function: retried
+    `max_retries` times, then sent to `on_failure_id` (a queue), or dropped."""
+
+    function_id: str
+    max_retries: int = 2  # Lambda's default
+    max_event_age_seconds: int = 21_600  # six hours, Lambda's default
+    on_failure_id: str | None = None
+
+
+@dataclass(frozen=True)
 class StreamMapping:
     """A DynamoDB stream event source mapping the runner performs itself."""
 
@@ -125,6 +138,54 @@ class LocalTemplate:
     schedules: list[Schedule]
     secrets: list[Secret]
     dropped: dict[str, str]  # logical id → type, of the resources moto cannot create
+    invoke_configs: dict[str, AsyncInvokeConfig]  # function id → its async settings
+
+    def async_config(self, function_id: str) -> AsyncInvokeConfig:
+        """The function's asynchronous invocation settings (Lambda's defaults if none)."""
+        return self.invoke_configs.get(function_id, AsyncInvokeConfig(function_id))
+
+
+class TemplateRulesError(ValueError):
+    """The parameters break the template's `Rules`: CloudFormation would refuse the stack
+    before creating anything (moto ignores rules, so the local stack checks them)."""
+
+
+def rule_violations(cfn: dict[str, Any], parameters: dict[str, str]) -> list[str]:
+    """The `AssertDescription` of every rule assertion the parameters fail."""
+    values = _parameter_values(cfn, parameters)
+    failed = []
+    for rule in cfn.get("Rules", {}).values():
+        condition = rule.get("RuleCondition")
+        if condition is not None and not _rule_holds(condition, values):
+            continue
+        for assertion in rule["Assertions"]:
+            if not _rule_holds(assertion["Assert"], values):
+                failed.append(str(assertion.get("AssertDescription", assertion["Assert"])))
+    return failed
+
+
+def _rule_holds(node: Any, values: dict[str, str]) -> bool:
+    """A rule function, as CloudFormation evaluates it (parameter values are strings)."""
+
+    def value(item: Any) -> Any:
+        if isinstance(item, dict) and set(item) == {"Ref"}:
+            return values.get(item["Ref"], "")
+        if isinstance(item, list):
+            return [value(element) for element in item]
+        return str(item)
+
+    (function, argument), *_ = node.items()
+    if function == "Fn::Equals":
+        return bool(value(argument[0]) == value(argument[1]))
+    if function == "Fn::Not":
+        return not _rule_holds(argument[0], values)
+    if function == "Fn::And":
+        return all(_rule_holds(item, values) for item in argument)
+    if function == "Fn::Or":
+        return any(_rule_holds(item, values) for item in argument)
+    if function == "Fn::Contains":
+        return bool(value(argument[1]) in value(argument[0]))
+    raise ValueError(f"rule function not understood locally: {function}")
 
 
 class _OfflinePolicyLoader:
@@ -170,10 +231,14 @@ def localize(
     path: Path = TEMPLATE_PATH,
     bucket: str = "cmlfleet-local-code",
     parameters: dict[str, str] | None = None,
+    stack_name: str = "cmlfleet-local",
 ) -> LocalTemplate:
     """The template, transformed and rewritten for moto, with the gaps to fill."""
     sam = load_sam_template(path)
     cfn, artifacts = transform_template(sam, bucket, parameters)
+    broken = rule_violations(cfn, parameters or {})
+    if broken:
+        raise TemplateRulesError("; ".join(broken))
     resources = cfn["Resources"]
     taps = _replace_lambda_targets(resources)
     streams = _take_out_stream_mappings(resources)
@@ -185,7 +250,8 @@ def localize(
         and _condition_holds(cfn, resource.get("Condition"), values)
     ]
     schedules = _take_out_schedules(resources, values)
-    secrets = _take_out_secrets(cfn)
+    invoke_configs = _take_out_invoke_configs(resources)
+    secrets = _take_out_secrets(cfn, stack_name)
     dropped = _drop_what_moto_cannot_create(cfn)
     _give_local_values(cfn, parameters or {})
     _add_local_network(cfn)
@@ -199,6 +265,7 @@ def localize(
         schedules,
         secrets,
         dropped,
+        invoke_configs,
     )
 
 
@@ -344,11 +411,29 @@ def _take_out_schedules(resources: dict[str, Any], parameters: dict[str, str]) -
     return schedules
 
 
-def _take_out_secrets(cfn: dict[str, Any]) -> list[Secret]:
+def _take_out_invoke_configs(resources: dict[str, Any]) -> dict[str, AsyncInvokeConfig]:
+    configs: dict[str, AsyncInvokeConfig] = {}
+    for config_id, resource in list(resources.items()):
+        if resource.get("Type") != "AWS::Lambda::EventInvokeConfig":
+            continue
+        props = resource["Properties"]
+        function_id = props["FunctionName"]["Ref"]
+        destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        configs[function_id] = AsyncInvokeConfig(
+            function_id,
+            max_retries=int(props.get("MaximumRetryAttempts", 2)),
+            max_event_age_seconds=int(props.get("MaximumEventAgeInSeconds", 21_600)),
+            on_failure_id=destination["Fn::GetAtt"][0] if isinstance(destination, dict) else None,
+        )
+        del resources[config_id]
+    return configs
+
+
+def _take_out_secrets(cfn: dict[str, Any], stack_name: str) -> list[Secret]:
     """Remove the secrets and point every `Ref` to one at the name the runner creates."""
     resources = cfn["Resources"]
     secrets = [
-        Secret(logical_id, f"cmlfleet-local/{logical_id}", resource.get("Properties", {}))
+        Secret(logical_id, f"{stack_name}/{logical_id}", resource.get("Properties", {}))
         for logical_id, resource in resources.items()
         if resource.get("Type") == "AWS::SecretsManager::Secret"
     ]

@@ -20,6 +20,7 @@ from cmlfleet.domain.worker import Worker
 from cmlfleet.services.instance_state import (
     Ec2StateChangeNotification,
     InvalidNotificationError,
+    locate_worker,
     parse_notification,
     record_state_change,
 )
@@ -65,8 +66,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metrics.add_metric(name="EventsRejected", unit=MetricUnit.Count, value=1)
         return {"status": "rejected", "reason": str(error)}
     detail = notification.detail
-    worker = bootstrap.worker_repository().find_by_instance_id(detail.instance_id)
-    if worker is None:
+    worker = locate_worker(
+        detail.instance_id,
+        bootstrap.worker_repository(),
+        bootstrap.ec2_fleet(),
+        stack=load_settings().stack_name,
+    )
+    if worker is None:  # not one of this stack's workers
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
         return {"status": "ignored", "instance_id": detail.instance_id, "state": detail.state}
     idempotency_config.register_lambda_context(context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +26,7 @@ from tests.conftest import FleetAws
 
 ISSUER = "https://issuer.test/pool"
 AMI = "ami-0c0ffee0c0ffee000"
+STACK = "cml-fleet-test"
 
 
 @dataclass
@@ -90,6 +92,32 @@ class Api:
         repository.save(changed, [], expected_version=worker.version)
 
 
+def worker_instance_profile() -> str:
+    """The instance profile new workers get (the CloudWatch agent's role), as the stack's."""
+    iam = boto3.client("iam")
+    try:
+        return str(
+            iam.get_instance_profile(InstanceProfileName="workers")["InstanceProfile"]["Arn"]
+        )
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    trust = json.dumps(
+        {
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ]
+        }
+    )
+    iam.create_role(RoleName="worker", AssumeRolePolicyDocument=trust)
+    profile = iam.create_instance_profile(InstanceProfileName="workers")["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName="workers", RoleName="worker")
+    return str(profile["Arn"])
+
+
 def api_container(
     aws: FleetAws, issuer: DevelopmentIssuer, ec2: Any, labs: LabsCommands | None = None
 ) -> Container:
@@ -99,7 +127,12 @@ def api_container(
         commands=WorkerCommands(
             repository,
             BotoEc2Fleet(ec2),
-            LaunchDefaults(ami_id=AMI, instance_type="c5.2xlarge"),
+            LaunchDefaults(
+                ami_id=AMI,
+                instance_type="c5.2xlarge",
+                stack=STACK,
+                instance_profile_arn=worker_instance_profile(),
+            ),
             region="us-east-1",
             source="urn:cmlfleet:test",
         ),

@@ -11,11 +11,11 @@ from httpx import Response
 
 import cmlfleet
 from cmlfleet.access import MASKED_FOR_USERS
-from cmlfleet.adapters.ec2 import OWNER_TAG, WORKER_ID_TAG, CloudError
+from cmlfleet.adapters.ec2 import OWNER_TAG, STACK_TAG, WORKER_ID_TAG, CloudError
 from cmlfleet.adapters.repository import EVENTS_PK_PREFIX
 from cmlfleet.domain.worker import Worker
 from cmlfleet.identity import Principal, Role
-from tests.api.conftest import AMI, Api
+from tests.api.conftest import AMI, STACK, Api
 
 UNKNOWN_WORKER = "w-0000000000000000000f"
 UNKNOWN_INSTANCE = "i-0123456789abcdef0"
@@ -325,18 +325,24 @@ def test_an_admin_creates_a_worker_that_is_provisioning_at_version_1(api: Api) -
     assert api.client.get(f"/api/workers/{worker['worker_id']}", headers=api.admin).json() == worker
 
 
-def test_creating_a_worker_launches_a_tagged_monitored_instance_from_the_cml_ami(api: Api) -> None:
+def test_creating_a_worker_launches_a_tagged_instance_with_its_role_from_the_cml_ami(
+    api: Api,
+) -> None:
     worker = api.create_worker("lab-1", "alice")
 
     launched = instance(api, worker["instance_id"])
 
     assert launched["ImageId"] == AMI
     assert launched["InstanceType"] == DEFAULT_INSTANCE_TYPE
-    assert launched["Monitoring"]["State"] == "enabled"
+    assert launched["Monitoring"]["State"] == "disabled"  # basic: detailed costs $2.10/month
+    assert launched["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
+    profile = api.container.commands._launch.instance_profile_arn
+    assert launched["IamInstanceProfile"]["Arn"] == profile  # the CloudWatch agent's role
     assert instance_tags(api, worker["instance_id"]) == {
         "Name": "lab-1",
         OWNER_TAG: "alice",
         WORKER_ID_TAG: worker["worker_id"],
+        STACK_TAG: STACK,
     }
     assert worker["tags"] == instance_tags(api, worker["instance_id"])
     assert instance_count(api) == 1

@@ -43,9 +43,12 @@ def build_container() -> Container:
         LaunchDefaults(
             ami_id=settings.cml_ami_id,
             instance_type=settings.worker_instance_type,
+            stack=settings.stack_name,
             subnet_id=settings.worker_subnet_id,
             security_group_ids=settings.security_groups,
             key_name=settings.worker_key_name,
+            instance_profile_arn=settings.worker_instance_profile_arn,
+            detailed_monitoring=settings.worker_detailed_monitoring,
         ),
         region=settings.aws_region,
         source=settings.event_source,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cmlfleet.adapters.ec2 import INSTANCE_TYPE_PATTERN
 from cmlfleet.events.catalog import LabSummary, WorkerView
 from cmlfleet.timeutil import UtcDateTime
 
@@ -15,7 +16,7 @@ class WorkerCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=TEXT)
     owner: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT)
-    instance_type: str | None = Field(default=None, pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+    instance_type: str | None = Field(default=None, pattern=INSTANCE_TYPE_PATTERN)
 
 
 class WorkerImport(BaseModel):

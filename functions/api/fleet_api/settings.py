@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field, ValidationError, field_validator
 
+from cmlfleet.adapters.ec2 import INSTANCE_TYPE_PATTERN
 from cmlfleet.settings import ConfigurationError, FleetSettings, describe_validation_error
 
 
@@ -13,12 +14,16 @@ class ApiSettings(FleetSettings):
     """Environment names are the field names upper-cased, as in `template.yaml`."""
 
     cml_ami_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI new workers boot")
-    worker_instance_type: str = Field(default="m5zn.metal", pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+    worker_instance_type: str = Field(default="m5zn.metal", pattern=INSTANCE_TYPE_PATTERN)
     worker_subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]+$")
     worker_security_group_ids: str = Field(
         default="", pattern=r"^(sg-[0-9a-f]+(,sg-[0-9a-f]+)*)?$", description="comma-separated"
     )
     worker_key_name: str | None = None
+    worker_instance_profile_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/.+$"
+    )
+    worker_detailed_monitoring: bool = False
     oidc_issuer: str = Field(pattern=r"^https?://", description="the token issuer (iss)")
     oidc_audience: str = Field(min_length=1, description="the client id tokens are for (aud)")
     oidc_jwks_url: str | None = Field(default=None, pattern=r"^https?://")
@@ -26,7 +31,13 @@ class ApiSettings(FleetSettings):
     stream_ticket_ttl_seconds: int = Field(default=60, ge=5, le=3600)
     aws_region: str | None = None
 
-    @field_validator("worker_subnet_id", "worker_key_name", "oidc_jwks_url", mode="before")
+    @field_validator(
+        "worker_subnet_id",
+        "worker_key_name",
+        "worker_instance_profile_arn",
+        "oidc_jwks_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # CloudFormation cannot pass "no value" to an environment variable, only "".

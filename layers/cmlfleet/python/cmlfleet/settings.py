@@ -26,6 +26,8 @@ class FleetSettings(BaseSettings):
     topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:", description="domain events topic")
     event_ttl_days: int = Field(default=7, ge=1, le=365, description="event log retention")
     event_source: str = Field(default="urn:cmlfleet", min_length=1)
+    # The CloudFormation stack: its workers are tagged with it, and only those are its own.
+    stack_name: str = Field(default="cmlfleet", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     # The workers' CML API (collectors and the manual labs refresh).
     cml_credentials_secret: str | None = Field(
         default=None, description="Secrets Manager secret (name or ARN) with username/password"

@@ -9,7 +9,11 @@ from botocore.exceptions import ClientError
 
 WORKER_ID_TAG = "cmlfleet:worker-id"
 OWNER_TAG = "cmlfleet:owner"
+# The stack a worker belongs to: IAM lets each stack operate only the instances tagged so.
+STACK_TAG = "cmlfleet:stack"
 IMPORTABLE_TAG = "cmlfleet:importable"  # set by the account owner on instances that may join
+# family.size, the size perhaps with a suffix: m5zn.metal, m7i.metal-24xl, c7i.metal-48xl.
+INSTANCE_TYPE_PATTERN = r"^[a-z0-9-]+\.[a-z0-9-]+$"
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 
 
@@ -36,11 +40,14 @@ class LaunchSpec:
     worker_id: str
     name: str
     owner: str
+    stack: str
     ami_id: str
     instance_type: str
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     key_name: str | None = None
+    instance_profile_arn: str | None = None  # the CloudWatch agent's credentials
+    detailed_monitoring: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class BotoEc2Fleet:
             {"Key": "Name", "Value": spec.name},
             {"Key": OWNER_TAG, "Value": spec.owner},
             {"Key": WORKER_ID_TAG, "Value": spec.worker_id},
+            {"Key": STACK_TAG, "Value": spec.stack},
         ]
         request: dict[str, Any] = {
             "ImageId": spec.ami_id,
@@ -80,9 +88,13 @@ class BotoEc2Fleet:
             "MinCount": 1,
             "MaxCount": 1,
             "ClientToken": spec.worker_id,  # a retried request launches no second instance
-            "Monitoring": {"Enabled": True},
+            "Monitoring": {"Enabled": spec.detailed_monitoring},
+            # IMDSv2 only: a request forged through a CML lab cannot read the role's keys.
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
         }
+        if spec.instance_profile_arn:
+            request["IamInstanceProfile"] = {"Arn": spec.instance_profile_arn}
         if spec.subnet_id:
             request["SubnetId"] = spec.subnet_id
         if spec.security_group_ids:

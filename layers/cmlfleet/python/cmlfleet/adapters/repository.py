@@ -32,6 +32,11 @@ THROTTLE_PK = "THROTTLE"
 INSTANCE_PK = "INSTANCE"
 EVENTS_PK_PREFIX = "EVENTS#"
 INSTANCE_INDEX = "ByInstanceId"
+# Cancellation reasons that say "not now" rather than "not so" (DynamoDB API reference,
+# TransactionCanceledException): another transaction on the same item, or throttling.
+TRANSIENT_CANCELLATIONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+)
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -39,6 +44,14 @@ _deserializer = TypeDeserializer()
 
 class ConcurrentModificationError(RuntimeError):
     """The worker changed since it was read; reload it and apply the change again."""
+
+
+class TransientWriteError(ConcurrentModificationError):
+    """DynamoDB cancelled the transaction for a conflict with another one in flight, or
+    throttled it: nothing was written, and the same change may be tried again shortly.
+
+    A kind of concurrent modification: the caller re-reads and re-decides the same way,
+    after a pause (botocore's own retries never retry a cancelled transaction)."""
 
 
 class InstanceTakenError(RuntimeError):
@@ -131,14 +144,19 @@ class DynamoDbWorkerRepository:
         try:
             self._client.transact_write_items(TransactItems=operations)
         except ClientError as error:
-            failed = _failed_conditions(error)
-            if 0 in failed:
+            reasons = _cancellation_reasons(error)
+            if reasons.get(0) == "ConditionalCheckFailed":
                 raise ConcurrentModificationError(
                     f"worker {worker.worker_id} is no longer at version {expected_version}"
                 ) from error
-            if claims_instance and 1 in failed:
+            if claims_instance and reasons.get(1) == "ConditionalCheckFailed":
                 raise InstanceTakenError(
                     f"instance {worker.instance_id} is already a worker"
+                ) from error
+            transient = sorted(set(reasons.values()) & TRANSIENT_CANCELLATIONS)
+            if transient:
+                raise TransientWriteError(
+                    f"worker {worker.worker_id}: transaction cancelled ({', '.join(transient)})"
                 ) from error
             raise
 
@@ -285,9 +303,14 @@ def _decimal_to_number(value: object) -> int | float:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def _failed_conditions(error: ClientError) -> set[int]:
-    """Which operations of a cancelled transaction failed their condition."""
+def _cancellation_reasons(error: ClientError) -> dict[int, str]:
+    """Why each operation of a cancelled transaction failed (operations that did not fail,
+    reason `None`, are left out); empty if the error is not a cancellation."""
     if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return set()
+        return {}
     reasons = error.response.get("CancellationReasons") or []
-    return {i for i, r in enumerate(reasons) if (r or {}).get("Code") == "ConditionalCheckFailed"}
+    return {
+        index: str(reason["Code"])
+        for index, reason in enumerate(reasons)
+        if (reason or {}).get("Code") not in (None, "None")
+    }

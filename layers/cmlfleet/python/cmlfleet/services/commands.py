@@ -7,6 +7,7 @@ is saved and the worker stays as it was.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from datetime import datetime
 from cmlfleet.access import Action, may, may_see, visible_view
 from cmlfleet.adapters.ec2 import (
     IMPORTABLE_TAG,
+    STACK_TAG,
     WORKER_ID_TAG,
     CloudError,
     Ec2Fleet,
@@ -21,6 +23,7 @@ from cmlfleet.adapters.ec2 import (
 )
 from cmlfleet.adapters.repository import (
     InstanceTakenError,
+    TransientWriteError,
     WorkerRepository,
 )
 from cmlfleet.domain.lifecycle import (
@@ -35,7 +38,7 @@ from cmlfleet.events.catalog import WorkerView
 from cmlfleet.events.envelope import envelopes
 from cmlfleet.identity import Principal
 from cmlfleet.ids import new_worker_id
-from cmlfleet.services.changes import save_change
+from cmlfleet.services.changes import MAX_SAVE_ATTEMPTS, backoff, save_change
 from cmlfleet.timeutil import utc_now
 
 
@@ -59,9 +62,12 @@ class NotImportableError(Exception):
 class LaunchDefaults:
     ami_id: str
     instance_type: str
+    stack: str = "cmlfleet"  # the tag that makes an instance this stack's (IAM checks it)
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     key_name: str | None = None
+    instance_profile_arn: str | None = None
+    detailed_monitoring: bool = False
 
 
 class WorkerCommands:
@@ -74,9 +80,11 @@ class WorkerCommands:
         region: str | None,
         source: str,
         clock: Callable[[], datetime] = utc_now,
+        pause: Callable[[float], None] = time.sleep,
     ) -> None:
         self._repository, self._fleet, self._launch = repository, fleet, launch
         self._region, self._source, self._clock = region, source, clock
+        self._pause = pause
 
     # ---- queries -------------------------------------------------------------------------
     def list(
@@ -106,11 +114,14 @@ class WorkerCommands:
                 worker_id=worker_id,
                 name=name,
                 owner=owner,
+                stack=self._launch.stack,
                 ami_id=self._launch.ami_id,
                 instance_type=instance_type or self._launch.instance_type,
                 subnet_id=self._launch.subnet_id,
                 security_group_ids=self._launch.security_group_ids,
                 key_name=self._launch.key_name,
+                instance_profile_arn=self._launch.instance_profile_arn,
+                detailed_monitoring=self._launch.detailed_monitoring,
             )
         )
         change = register_worker(
@@ -148,6 +159,9 @@ class WorkerCommands:
             raise NotImportableError(
                 f"instance {instance_id} lacks the tag {IMPORTABLE_TAG}=true that allows import"
             )
+        stack = instance.tags.get(STACK_TAG, self._launch.stack)
+        if stack != self._launch.stack:
+            raise NotImportableError(f"instance {instance_id} belongs to the stack {stack}")
         worker_id = new_worker_id()
         change = register_worker(
             worker_id=worker_id,
@@ -163,14 +177,14 @@ class WorkerCommands:
             tags=instance.tags,
         )
         # Tag first: if AWS refuses, nothing is saved.
-        self._fleet.tag(instance_id, {WORKER_ID_TAG: worker_id})
+        self._fleet.tag(instance_id, self._worker_tags(worker_id))
         try:
             self._save(change, expected_version=0)
         except InstanceTakenError:
             # Another import won the race (and may have tagged before us): its tag stands.
             winner = self._repository.worker_of_instance(instance_id)
             if winner is not None:
-                self._fleet.tag(instance_id, {WORKER_ID_TAG: winner})
+                self._fleet.tag(instance_id, self._worker_tags(winner))
             raise AlreadyRegisteredError(f"instance {instance_id} is already a worker") from None
         return change.worker.view()
 
@@ -186,6 +200,9 @@ class WorkerCommands:
         )
 
     # ---- internals -----------------------------------------------------------------------
+    def _worker_tags(self, worker_id: str) -> dict[str, str]:
+        return {WORKER_ID_TAG: worker_id, STACK_TAG: self._launch.stack}
+
     def _command(
         self,
         principal: Principal,
@@ -211,7 +228,9 @@ class WorkerCommands:
             except IllegalTransitionError:
                 return None  # EC2's own report got there first; nothing to add
 
-        saved = save_change(self._repository, worker, decide_now, source=self._source)
+        saved = save_change(
+            self._repository, worker, decide_now, source=self._source, pause=self._pause
+        )
         return (saved.worker or worker).view()
 
     def _visible(self, principal: Principal, worker_id: str) -> Worker:
@@ -229,7 +248,15 @@ class WorkerCommands:
             version=worker.version,
             source=self._source,
         )
-        self._repository.save(worker, events, expected_version=expected_version)
+        # A new worker cannot race another writer, but its transaction can be throttled.
+        for attempt in range(MAX_SAVE_ATTEMPTS):
+            try:
+                self._repository.save(worker, events, expected_version=expected_version)
+                return
+            except TransientWriteError:
+                if attempt + 1 == MAX_SAVE_ATTEMPTS:
+                    raise
+                self._pause(backoff(attempt))
 
 
 def find_visible(repository: WorkerRepository, principal: Principal, worker_id: str) -> Worker:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -10,6 +11,7 @@ from typing import Any, Literal
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cmlfleet.adapters.ec2 import STACK_TAG, WORKER_ID_TAG, CloudError, Ec2Fleet
 from cmlfleet.adapters.repository import WorkerRepository
 from cmlfleet.domain.worker import Worker, apply_ec2_state
 from cmlfleet.services.changes import save_change
@@ -20,8 +22,17 @@ logger = Logger(child=True)
 DETAIL_TYPE = "EC2 Instance State-change Notification"
 
 
+# How long to wait for a just-launched worker to be saved before giving the event back.
+UNSAVED_WORKER_WAITS = (0.25, 0.5, 1.0, 2.0)
+
+
 class InvalidNotificationError(ValueError):
     """The event is not an EC2 state-change notification we can use; retrying cannot help."""
+
+
+class WorkerNotSavedYetError(RuntimeError):
+    """The instance is this stack's (its tags say so) but its worker is not saved yet: the
+    event came before the launch finished saving. Raised so Lambda runs the event again."""
 
 
 class Ec2StateDetail(BaseModel):
@@ -71,6 +82,51 @@ def parse_notification(event: object) -> Ec2StateChangeNotification:
             for item in error.errors(include_url=False)[:5]
         )
         raise InvalidNotificationError(problems) from None
+
+
+def locate_worker(
+    instance_id: str,
+    repository: WorkerRepository,
+    fleet: Ec2Fleet,
+    *,
+    stack: str,
+    waits: Sequence[float] = UNSAVED_WORKER_WAITS,
+    pause: Callable[[float], None] = time.sleep,
+) -> Worker | None:
+    """The worker of an instance, or None if the instance is not this stack's.
+
+    The index lookup is eventually consistent, so a worker saved a moment ago may not be
+    in it yet: the instance's claim item (written in the worker's own transaction) is read
+    consistently next. An instance launched so recently that even that is missing is known
+    by its tags; its worker is waited for briefly, then `WorkerNotSavedYetError` is raised
+    rather than the event dropped.
+    """
+    worker = repository.find_by_instance_id(instance_id)
+    if worker is not None:
+        return worker
+    worker_id = repository.worker_of_instance(instance_id)
+    if worker_id is not None:
+        return repository.get(worker_id)
+    tags = _tags_of(fleet, instance_id)
+    worker_id = tags.get(WORKER_ID_TAG)
+    if tags.get(STACK_TAG) != stack or not worker_id:
+        return None
+    for wait in (0.0, *waits):
+        if wait:
+            pause(wait)
+        worker = repository.get(worker_id)
+        if worker is not None:
+            return worker
+    raise WorkerNotSavedYetError(f"instance {instance_id} is worker {worker_id}, not saved yet")
+
+
+def _tags_of(fleet: Ec2Fleet, instance_id: str) -> dict[str, str]:
+    try:
+        return fleet.describe(instance_id).tags
+    except CloudError as error:
+        if error.not_found:
+            return {}
+        raise
 
 
 def record_state_change(
