@@ -8,7 +8,7 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast test-js browser screenshot soak run event token bench bench-jobs bench-local bench-relay clean lock
+.PHONY: help venv lint typecheck test test-fast test-js iam-simulator browser screenshot soak run event token bench bench-jobs bench-local bench-relay clean lock
 
 # Debian's packages, installed when absent (as root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -38,13 +38,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: lint typecheck test-js browser
+test: lint typecheck test-js browser check-iac iam-simulator
 	$(VENV)/bin/pytest
 
 # The dashboard's modules under Node's own test runner (no npm packages).
 test-js:
 	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; }
 	node --test tests/js/
+
+# The IAM policy evaluator the IAM check runs (npm's @cloud-copilot/iam-simulate, pinned
+# by devstack/iam/package-lock.json; a test tool only, never deployed).
+IAM_SIMULATOR := devstack/iam/node_modules/.installed
+iam-simulator: $(IAM_SIMULATOR)
+$(IAM_SIMULATOR): devstack/iam/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm ci --prefix devstack/iam --no-audit --no-fund --loglevel=error
+	@touch $(IAM_SIMULATOR)
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 browser:
@@ -60,7 +69,7 @@ soak: $(STAMP)
 screenshot: $(STAMP) browser
 	SCREENSHOT_DIR=docs $(VENV)/bin/pytest tests/browser -k screenshot -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(IAM_SIMULATOR)
 	$(VENV)/bin/pytest -m "not e2e"
 
 run: $(STAMP)
@@ -128,3 +137,30 @@ deploy: $(STAMP) $(SAM_STAMP)
 bench-coldstart: $(STAMP) $(SAM_STAMP)
 	PATH=$(SAM_PATH) $(SAM) build --template template.yaml --cached --parallel
 	$(PY) -m benchmarks.coldstart --runs 7
+
+# ---- IaC static analysis: checkov and parliament (in their own venv) -------------------
+.PHONY: check-iac
+
+IAC_VENV := .venv-iac
+IAC_PY := $(IAC_VENV)/bin/python
+IAC_STAMP := $(IAC_VENV)/.installed
+IAC_TRANSFORMED := .devstack/iac/template.transformed.yaml
+# Offline: no PyPI version check, no Prisma Cloud/Bridgecrew calls (.checkov.yaml adds
+# skip-download), no external checks.
+CHECKOV := CKV_SKIP_PACKAGE_UPDATE_CHECK=true BC_SKIP_MAPPING=TRUE $(IAC_VENV)/bin/checkov
+
+$(IAC_STAMP): requirements/iac.txt
+	@test -x $(IAC_PY) || { py=$$(scripts/find-python) && $$py -m venv $(IAC_VENV); }
+	$(IAC_PY) -m pip install --quiet --upgrade pip
+	$(IAC_PY) -m pip install --quiet -r requirements/iac.txt
+	@touch $(IAC_STAMP)
+
+# parliament on every IAM policy of the SAM-transformed template (scripts/lint-policies,
+# accepted findings in scripts/policy-allowlist.yaml), then checkov on template.yaml and
+# on that transform (skipped checks and why: .checkov.yaml). Both run; either fails it.
+check-iac: $(IAC_STAMP)
+	@status=0; \
+	$(IAC_PY) scripts/lint-policies --transformed-out $(IAC_TRANSFORMED) || status=1; \
+	$(CHECKOV) --config-file .checkov.yaml --file template.yaml --file $(IAC_TRANSFORMED) \
+		|| status=1; \
+	exit $$status
