@@ -44,23 +44,17 @@ NEW_INTERFACE_ID = "eni-00000000000000000"
 MAX_CONTEXTS = 20
 
 caller: ContextVar[str | None] = ContextVar("aws_caller", default=None)
-_last_deployable: str | None = None
 
 
 @contextmanager
 def acting_as(deployable: str) -> Iterator[None]:
-    """AWS calls made inside are `deployable`'s (a function's logical id, or `Relay`).
-
-    On AWS each function caches its own secrets; here they share a process, so the cache
-    goes whenever another deployable acts, and each makes its own reads (and is checked)."""
-    global _last_deployable
-    if deployable != _last_deployable:
-        _last_deployable = deployable
-        bootstrap.forget_secrets()
-    token = caller.set(deployable)
+    """AWS calls made inside are `deployable`'s (a function's logical id, or `Relay`); its
+    cached secrets and CML sessions are its own, as in a Lambda process of its own."""
+    token, scope = caller.set(deployable), bootstrap.process_scope.set(deployable)
     try:
         yield
     finally:
+        bootstrap.process_scope.reset(scope)
         caller.reset(token)
 
 

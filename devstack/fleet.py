@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmlfleet import bootstrap
+from cmlfleet.adapters.ec2 import OWNER_TAG, STACK_TAG, WORKER_ID_TAG
 from cmlfleet.domain.worker import register_worker
 from cmlfleet.events.envelope import envelopes
+from cmlfleet.ids import new_worker_id
 from cmlfleet.settings import load_settings
 from cmlfleet.timeutil import utc_now
 
@@ -23,10 +25,21 @@ class DemoWorker:
     owner: str
 
 
+def worker_tags(name: str, owner: str, worker_id: str) -> dict[str, str]:
+    """The tags the API gives a worker it launches (IAM lets a stack operate only those)."""
+    return {
+        "Name": name,
+        OWNER_TAG: owner,
+        WORKER_ID_TAG: worker_id,
+        STACK_TAG: load_settings().stack_name,
+    }
+
+
 def launch_instance(
     ec2: Any, name: str, owner: str, instance_type: str = "c5.2xlarge"
 ) -> dict[str, Any]:
-    """Run one instance in moto, tagged as a CML worker would be."""
+    """Run one instance in moto, tagged as the API tags a worker it launches."""
+    tags = worker_tags(name, owner, new_worker_id())
     response = ec2.run_instances(
         ImageId=DEMO_AMI,
         MinCount=1,
@@ -35,7 +48,7 @@ def launch_instance(
         TagSpecifications=[
             {
                 "ResourceType": "instance",
-                "Tags": [{"Key": "Name", "Value": name}, {"Key": "cmlfleet:owner", "Value": owner}],
+                "Tags": [{"Key": key, "Value": value} for key, value in tags.items()],
             }
         ],
     )
@@ -44,7 +57,9 @@ def launch_instance(
 
 
 def register_instance(instance: dict[str, Any], name: str, owner: str, region: str) -> DemoWorker:
-    """Save a worker for a running instance, with its `worker.created` event (the outbox)."""
+    """Save the worker of an instance `launch_instance` ran, with its `worker.created` event
+    (the outbox)."""
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
     change = register_worker(
         name=name,
         owner=owner,
@@ -54,7 +69,8 @@ def register_instance(instance: dict[str, Any], name: str, owner: str, region: s
         ami_id=instance.get("ImageId"),
         region=region,
         ec2_state="running",
-        tags={"Name": name},
+        tags=tags,
+        worker_id=tags.get(WORKER_ID_TAG),
     )
     worker = change.worker
     events = envelopes(

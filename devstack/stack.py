@@ -93,6 +93,14 @@ class LocalStack:
     _workers: list[Worker] = field(default_factory=list)
 
     def start(self) -> LocalStack:
+        self.start_moto()
+        self.deploy()
+        self._record_calls()
+        self.start_dispatch()
+        return self
+
+    def start_moto(self) -> None:
+        """The moto server, empty; this process's boto3 pointed at it."""
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         logging.getLogger("moto").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message="Tried to parse AWS::")
@@ -104,10 +112,6 @@ class LocalStack:
         self.endpoint = f"http://127.0.0.1:{port}"
         os.environ.update(self.environment())
         self._configure_moto()
-        self.deploy()
-        self._record_calls()
-        self.start_dispatch()
-        return self
 
     def environment(self) -> dict[str, str]:
         """Variables that point boto3 (in any process) at this stack."""

@@ -53,8 +53,9 @@ class Api:
     def user(self, name: str = "alice") -> dict[str, str]:
         return self.headers(name, "user")
 
-    def launch_instance(self, state: str = "running") -> str:
-        """An EC2 instance that is not (yet) a worker."""
+    def launch_instance(self, state: str = "running", tags: dict[str, str] | None = None) -> str:
+        """An EC2 instance that is not (yet) a worker (opted in to import unless `tags`)."""
+        tags = {"cmlfleet:importable": "true"} if tags is None else tags
         instance_id: str = self.ec2.run_instances(
             ImageId=AMI,
             MinCount=1,
@@ -63,7 +64,7 @@ class Api:
             TagSpecifications=[
                 {
                     "ResourceType": "instance",
-                    "Tags": [{"Key": "cmlfleet:importable", "Value": "true"}],
+                    "Tags": [{"Key": key, "Value": value} for key, value in tags.items()],
                 }
             ],
         )["Instances"][0]["InstanceId"]

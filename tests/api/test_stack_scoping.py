@@ -4,23 +4,7 @@ another stack in the same account is never taken over (IAM enforces the same: te
 from __future__ import annotations
 
 from cmlfleet.adapters.ec2 import IMPORTABLE_TAG, STACK_TAG, WORKER_ID_TAG
-from tests.api.conftest import AMI, STACK, Api
-
-
-def tagged_instance(api: Api, tags: dict[str, str]) -> str:
-    instance_id: str = api.ec2.run_instances(
-        ImageId=AMI,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="c5.large",
-        TagSpecifications=[
-            {
-                "ResourceType": "instance",
-                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-            }
-        ],
-    )["Instances"][0]["InstanceId"]
-    return instance_id
+from tests.api.conftest import STACK, Api
 
 
 def tags_of(api: Api, instance_id: str) -> dict[str, str]:
@@ -29,7 +13,7 @@ def tags_of(api: Api, instance_id: str) -> dict[str, str]:
 
 
 def test_an_imported_instance_is_tagged_with_this_stack_and_its_worker(api: Api) -> None:
-    instance_id = tagged_instance(api, {IMPORTABLE_TAG: "true"})
+    instance_id = api.launch_instance(tags={IMPORTABLE_TAG: "true"})
 
     response = api.client.post(
         "/api/workers/import", json={"instance_id": instance_id}, headers=api.admin
@@ -42,8 +26,8 @@ def test_an_imported_instance_is_tagged_with_this_stack_and_its_worker(api: Api)
 
 
 def test_another_stacks_instance_is_not_importable_even_when_opted_in(api: Api) -> None:
-    instance_id = tagged_instance(
-        api, {IMPORTABLE_TAG: "true", STACK_TAG: "cml-fleet-other", WORKER_ID_TAG: "w-theirs"}
+    instance_id = api.launch_instance(
+        tags={IMPORTABLE_TAG: "true", STACK_TAG: "cml-fleet-other", WORKER_ID_TAG: "w-theirs"}
     )
 
     response = api.client.post(
@@ -58,7 +42,7 @@ def test_another_stacks_instance_is_not_importable_even_when_opted_in(api: Api) 
 
 
 def test_a_worker_of_this_stack_may_be_imported_again_after_its_record_is_gone(api: Api) -> None:
-    instance_id = tagged_instance(api, {IMPORTABLE_TAG: "true", STACK_TAG: STACK})
+    instance_id = api.launch_instance(tags={IMPORTABLE_TAG: "true", STACK_TAG: STACK})
 
     response = api.client.post(
         "/api/workers/import", json={"instance_id": instance_id}, headers=api.admin

@@ -119,7 +119,10 @@ def test_a_terminated_instance_yields_a_status_update_and_a_termination_in_order
 def test_events_for_instances_that_are_not_workers_are_ignored(
     stack: LocalStack, relay: RelayProcess
 ) -> None:
-    stranger = launch_instance(stack.client("ec2"), "not-a-worker", "nobody")
+    # An instance of the account that no stack launched: no worker or stack tag.
+    stranger = stack.client("ec2").run_instances(
+        ImageId="ami-0c0ffee0c0ffee000", MinCount=1, MaxCount=1, InstanceType="c5.large"
+    )["Instances"][0]
     tracked = register_instance(
         launch_instance(stack.client("ec2"), "e2e-tracked", "erin"),
         "e2e-tracked",

@@ -360,7 +360,7 @@ def test_a_cml_host_that_hangs_or_fails_costs_only_its_own_numbers(
     assert worker(fleet, "cml-lab-b")["version"] > other["version"]  # measured all the same
     # Its circuit is open now; once its cooldown has passed (aged here, as the breaker's
     # own tests do with their clock) and the host is healthy, the next run measures it.
-    for circuit in bootstrap._cml_shared().circuits.values():
+    for circuit in bootstrap._cml_shared("MetricsCollectorFunction").circuits.values():
         if circuit.opened_at is not None:
             circuit.opened_at -= 3600
     host = fleet.cml.worker(victim["instance_id"])

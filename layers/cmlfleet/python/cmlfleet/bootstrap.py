@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from datetime import timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from cmlfleet.adapters import aws
@@ -46,12 +47,12 @@ def reset() -> None:
     aws.reset_clients()
 
 
-def forget_secrets() -> None:
-    """Drop the cached secret values: the next read fetches them again."""
-    _secrets.cache_clear()
-
-
 # ---- the workers' CML API ------------------------------------------------------------------
+
+# On Lambda every function has a process of its own, and so its own cached secrets and CML
+# sessions; the local stack runs them all in one, and names here the function running, so
+# that each keeps its own as on AWS (and its own reads are made, and checked against IAM).
+process_scope: ContextVar[str] = ContextVar("cmlfleet_process_scope", default="")
 
 
 def cml_credentials() -> CmlCredentials:
@@ -59,7 +60,7 @@ def cml_credentials() -> CmlCredentials:
     name = load_settings().cml_credentials_secret
     if not name:
         raise ConfigurationError("CML_CREDENTIALS_SECRET is not set")
-    secret = _secrets().get(name, transform="json", max_age=300)
+    secret = _secrets(process_scope.get()).get(name, transform="json", max_age=300)
     if not isinstance(secret, dict) or not {"username", "password"} <= secret.keys():
         raise ConfigurationError(f"secret {name} must be JSON with username and password")
     from cmlfleet.cml.models import CmlCredentials
@@ -67,16 +68,16 @@ def cml_credentials() -> CmlCredentials:
     return CmlCredentials(str(secret["username"]), str(secret["password"]))
 
 
-@lru_cache(maxsize=1)
-def _cml_shared() -> CmlSharedState:
+@cache
+def _cml_shared(scope: str) -> CmlSharedState:
     """Login tokens and breaker state outlive one invocation (a warm Lambda reuses them)."""
     from cmlfleet.cml.client import CmlSharedState
 
     return CmlSharedState()
 
 
-@lru_cache(maxsize=1)
-def _secrets() -> Any:
+@cache
+def _secrets(scope: str) -> Any:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
     return SecretsProvider(boto3_client=aws.client("secretsmanager"))
@@ -110,5 +111,5 @@ def cml_client(credentials: CmlCredentials | None = None) -> CmlClient:
         timeout=settings.cml_timeout_seconds,
         verify_tls=settings.cml_verify_tls,
     )
-    client.share_state_with(_cml_shared())
+    client.share_state_with(_cml_shared(process_scope.get()))
     return client
