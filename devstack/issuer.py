@@ -45,19 +45,8 @@ class DevelopmentIssuer:
         **overrides: Any,
     ) -> str:
         """A signed ID token; `overrides` replace any claim (tests make bad tokens this way)."""
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "aud": self.audience,
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.issuer}/{username}")),
-            "cognito:username": username,
-            "cognito:groups": [role] if role else [],
-            "token_use": "id",
-            "iat": now,
-            "exp": now + int(lifetime),
-        }
-        claims.update(overrides)
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+        claims = {"aud": self.audience, "cognito:username": username, "token_use": "id"}
+        return self._signed(username, role, lifetime, claims | overrides)
 
     def access_token(
         self,
@@ -69,21 +58,28 @@ class DevelopmentIssuer:
         **overrides: Any,
     ) -> str:
         """A signed access token shaped as Cognito's: `client_id` and `username`, no `aud`."""
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
+        claims = {
             "client_id": self.audience,
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.issuer}/{username}")),
             "username": username,
-            "cognito:groups": [role] if role else [],
             "token_use": "access",
             "scope": "openid email",
             "jti": str(uuid.uuid4()),
+        }
+        return self._signed(username, role, lifetime, claims | overrides)
+
+    def _signed(
+        self, username: str, role: str | None, lifetime: float, claims: dict[str, Any]
+    ) -> str:
+        """The claims every token has (issuer, subject, groups, times) and `claims`, signed."""
+        now = int(time.time())
+        common: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.issuer}/{username}")),
+            "cognito:groups": [role] if role else [],
             "iat": now,
             "exp": now + int(lifetime),
         }
-        claims.update(overrides)
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+        return jwt.encode(common | claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
     def app(self) -> Starlette:
         """The issuer's HTTP side: discovery, keys, and a development-only token endpoint."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from cmlfleet.adapters.repository import EVENTS_PK_PREFIX
+from cmlfleet.adapters.repository import hour_partition
 from cmlfleet.events.envelope import CloudEvent, EnvelopeError
 from cmlfleet.ids import uuid7_millis
 
@@ -75,7 +75,7 @@ class DynamoDbEventLog:
         events: list[CloudEvent] = []
         hour = started.replace(minute=0, second=0, microsecond=0)
         while hour <= now:
-            events += self._query(EVENTS_PK_PREFIX + hour.strftime("%Y%m%d%H"), cursor)
+            events += self._query(hour_partition(hour), cursor)
             if len(events) > self._max:
                 return None
             hour += timedelta(hours=1)
@@ -86,7 +86,7 @@ class DynamoDbEventLog:
         events: list[CloudEvent] = []
         hour = now.replace(minute=0, second=0, microsecond=0)
         for _ in range(hours):
-            page = self._query(EVENTS_PK_PREFIX + hour.strftime("%Y%m%d%H"), None, newest=limit)
+            page = self._query(hour_partition(hour), None, newest=limit)
             events = page + events
             if len(events) >= limit:
                 break
@@ -96,7 +96,7 @@ class DynamoDbEventLog:
     def _exists(self, cursor: str, at: datetime) -> bool:
         response = self._client.get_item(
             TableName=self._table,
-            Key={"pk": {"S": EVENTS_PK_PREFIX + at.strftime("%Y%m%d%H")}, "sk": {"S": cursor}},
+            Key={"pk": {"S": hour_partition(at)}, "sk": {"S": cursor}},
             ProjectionExpression="pk",
         )
         return "Item" in response

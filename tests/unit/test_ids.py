@@ -83,3 +83,20 @@ def test_worker_ids_are_unique_and_time_ordered() -> None:
 
     assert len(set(made)) == len(made)
     assert made == sorted(made)
+
+
+def test_the_ids_of_a_moment_lie_between_its_first_and_last_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cmlfleet.ids import first_uuid7_at, last_uuid7_at
+
+    moment = datetime(2026, 11, 30, 10, 0, 0, 123_000, tzinfo=UTC)
+    in_ns = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    monkeypatch.setattr(time, "time_ns", lambda: in_ns)
+    monkeypatch.setattr(ids, "_last_ms", 0)  # ids never go back in time: start afresh
+    made = uuid7()
+    assert first_uuid7_at(moment) <= made <= last_uuid7_at(moment)
+    later = moment + timedelta(milliseconds=1)
+    assert last_uuid7_at(moment) < first_uuid7_at(later)

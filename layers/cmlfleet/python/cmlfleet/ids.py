@@ -11,11 +11,13 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 _COUNTER_MAX = 0xFFF
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def uuid7() -> str:
@@ -44,6 +46,22 @@ def uuid7_millis(identifier: str) -> int:
     if parsed.version != 7:
         raise ValueError(f"not a UUIDv7: {identifier!r}")
     return parsed.int >> 80
+
+
+def first_uuid7_at(moment: datetime) -> str:
+    """The smallest UUIDv7 of the moment's millisecond: ids sort as text like numbers, so
+    ids between `first_uuid7_at(a)` and `last_uuid7_at(b)` were made from a to b."""
+    return str(uuid.UUID(int=_millis(moment) << 80))
+
+
+def last_uuid7_at(moment: datetime) -> str:
+    """The largest UUIDv7 of the moment's millisecond."""
+    return str(uuid.UUID(int=((_millis(moment) + 1) << 80) - 1))
+
+
+def _millis(moment: datetime) -> int:
+    """Milliseconds since the epoch, exactly (a float timestamp can be one off)."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def new_worker_id() -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -78,7 +78,12 @@ class WorkerRepository(Protocol):
 
 def event_partition(event: CloudEvent) -> str:
     """The event log partition of an event: one per hour of event time."""
-    return EVENTS_PK_PREFIX + event.time.strftime("%Y%m%d%H")
+    return hour_partition(event.time)
+
+
+def hour_partition(moment: datetime) -> str:
+    """The event log partition of the hour `moment` (a UTC time) falls in."""
+    return EVENTS_PK_PREFIX + moment.strftime("%Y%m%d%H")
 
 
 class DynamoDbWorkerRepository:

@@ -18,7 +18,6 @@ done; any other stays, visible again at the end of the run, and is reported.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,8 +26,9 @@ from typing import Any, Protocol
 from aws_lambda_powertools import Logger
 
 from cmlfleet.adapters.publisher import EventPublisher
-from cmlfleet.adapters.repository import EVENTS_PK_PREFIX
+from cmlfleet.adapters.repository import hour_partition
 from cmlfleet.events.envelope import CloudEvent, EnvelopeError
+from cmlfleet.ids import first_uuid7_at, last_uuid7_at
 
 logger = Logger(child=True)
 DEFAULT_MARGIN = timedelta(minutes=2)  # stream arrival is the commit, a little after the id
@@ -72,7 +72,7 @@ class Window:
         """The event log partitions (one per hour) that hold the window's events."""
         hour = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         while hour <= self.until:
-            yield EVENTS_PK_PREFIX + hour.strftime("%Y%m%d%H")
+            yield hour_partition(hour)
             hour += timedelta(hours=1)
 
 
@@ -176,7 +176,7 @@ class DynamoDbEventLog:
         self._table, self._client = table_name, client
 
     def events_between(self, window: Window) -> list[CloudEvent]:
-        low, high = _first_id_at(window.since), _last_id_at(window.until)
+        low, high = first_uuid7_at(window.since), last_uuid7_at(window.until)
         events: list[CloudEvent] = []
         for partition in window.partitions():
             events += self._query(partition, low, high)
@@ -383,17 +383,3 @@ def _utc(text: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"time without a zone: {text!r}")
     return moment.astimezone(UTC)
-
-
-def _first_id_at(moment: datetime) -> str:
-    """The smallest UUIDv7 of the moment's millisecond, as stored (lowercase text)."""
-    return str(uuid.UUID(int=_millis(moment) << 80))
-
-
-def _last_id_at(moment: datetime) -> str:
-    """The largest UUIDv7 of the moment's millisecond (lowercase hex sorts like numbers)."""
-    return str(uuid.UUID(int=((_millis(moment) + 1) << 80) - 1))
-
-
-def _millis(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
