@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start the local stack and print where to connect")
     run.add_argument("--host", default="127.0.0.1")
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host: anyone who can reach it gets admin tokens",
+    )
     run.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     run.add_argument("--demo-workers", type=int, default=3, choices=range(4))
     run.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
@@ -72,6 +77,7 @@ def run_stack(args: argparse.Namespace) -> int:
     from devstack.fleetstack import FleetStack
     from devstack.stack import ACCOUNT_ID
 
+    check_exposure(args.host, args.port, allow_remote=args.allow_remote)
     _check_port_free(args.host, args.port)
     stop = _stop_on_signal()  # before anything starts: a Ctrl-C at any point stops cleanly
     level = logging.INFO if args.verbose else logging.WARNING
@@ -199,6 +205,36 @@ def _read_state() -> dict[str, Any]:
     except FileNotFoundError:
         raise DevstackError("the local stack is not running; start it with `make run`") from None
     return state
+
+
+def check_exposure(host: str, port: int, *, allow_remote: bool) -> None:
+    """Refuse a host others can reach unless `--allow-remote` is given; warn when it is.
+
+    Refused by default, not only warned about: `/auth/dev/token` hands admin tokens to
+    anyone who asks, and a warning scrolls away in the start-up output of a `--host 0.0.0.0`
+    typed from habit (containers, VMs). Opening the stack to the network must be a choice.
+    """
+    from devstack.origin import accepted_hosts, is_loopback
+
+    if is_loopback(host):
+        return
+    exposed = (
+        "anyone who can reach it can take admin tokens from /auth/dev/token "
+        "and use the whole API and simulated fleet"
+    )
+    if not allow_remote:
+        raise DevstackError(
+            f"--host {host} would open the local stack to the network: {exposed}. "
+            "Keep the default 127.0.0.1, or add --allow-remote (development only)."
+        )
+    names = ", ".join(sorted(accepted_hosts(host, port)))
+    print(
+        f"WARNING: the local stack listens on {host}:{port}, beyond this machine: {exposed}. "
+        f"It is for development only; never run it on a shared or public network. "
+        f"It answers for Host: {names}.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:

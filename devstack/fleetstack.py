@@ -20,7 +20,7 @@ from devstack.cloudwatchsim import CloudWatchFeeder
 from devstack.cmlsim import CmlSimulator
 from devstack.ec2sim import Delays, Ec2Simulator
 from devstack.issuer import DEV_AUDIENCE, DevelopmentIssuer
-from devstack.origin import LocalOrigin
+from devstack.origin import LocalOrigin, accepted_hosts
 from devstack.relayproc import RelayProcess
 from devstack.stack import ACCOUNT_ID, LOCAL_PARAMETERS, LocalStack, free_port
 
@@ -126,7 +126,12 @@ class FleetStack:
         assert self.issuer is not None
         assert self.relay is not None
         api = awscalls.acting_app(stack.functions["ApiFunction"].module.app, "ApiFunction")
-        origin = LocalOrigin(api=api, relay_url=self.relay.url, auth=self.issuer.app())
+        origin = LocalOrigin(
+            api=api,
+            relay_url=self.relay.url,
+            auth=self.issuer.app(),
+            hosts=accepted_hosts(self.host, self.port),
+        )
         config = uvicorn.Config(
             origin,
             host=self.host,

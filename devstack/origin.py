@@ -6,14 +6,22 @@ Rules, first match wins (the ALB listener rules in the same order):
   /api/*               → API          (the FastAPI app, in this process)
   /auth/*              → development issuer (local only)
   everything else      → relay        (the dashboard's static files)
+
+Before any rule, the `Host` header must be one of the names the stack was started with
+(`accepted_hosts`): a page the developer visits could otherwise rebind its own DNS name to
+127.0.0.1 and, being same-origin with itself, read `/auth/dev/token` and drive the API.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from collections.abc import Collection
+
 import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 HOP_BY_HOP = frozenset(
@@ -31,9 +39,38 @@ HOP_BY_HOP = frozenset(
 )
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the stack reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to an address others can reach
+
+
+def accepted_hosts(host: str, port: int) -> frozenset[str]:
+    """The `Host` values a stack listening on `host`:`port` answers: the loopback names,
+    the bound host itself and, bound to every interface, this machine's name."""
+    names = {*LOOPBACK_NAMES, f"[{host}]" if ":" in host and "[" not in host else host}
+    if host in WILDCARD_HOSTS:
+        names.add(socket.gethostname())
+    hosts = {f"{name.lower()}:{port}" for name in names}
+    if port == 80:  # a browser leaves out the default port
+        hosts.update(name.lower() for name in names)
+    return frozenset(hosts)
+
+
 class LocalOrigin:
-    def __init__(self, *, api: ASGIApp, relay_url: str, auth: ASGIApp) -> None:
+    def __init__(
+        self, *, api: ASGIApp, relay_url: str, auth: ASGIApp, hosts: Collection[str]
+    ) -> None:
         self._api, self._auth = api, auth
+        self._hosts = frozenset(host.lower() for host in hosts)
         self._relay = httpx.AsyncClient(
             base_url=relay_url, timeout=httpx.Timeout(10, read=None), follow_redirects=False
         )
@@ -41,6 +78,9 @@ class LocalOrigin:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if _host_of(scope) not in self._hosts:
+            await self._misdirected(scope, receive, send)
             return
         path: str = scope.get("path", "")
         if path == "/api/events/tickets":
@@ -86,6 +126,18 @@ class LocalOrigin:
         )
         await response(scope, receive, send)
 
+    async def _misdirected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """421: this server does not answer for that name (RFC 9110 15.5.20)."""
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        accepted = ", ".join(sorted(self._hosts))
+        message = f"this local stack answers only for Host: {accepted}"
+        response = JSONResponse(
+            {"error": {"code": "misdirected_request", "message": message}}, status_code=421
+        )
+        await response(scope, receive, send)
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
@@ -95,3 +147,12 @@ class LocalOrigin:
                 await self._relay.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _host_of(scope: Scope) -> str:
+    """The request's `Host` header, lower-cased; empty when there is none."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host: str = value.decode("latin-1").lower()
+            return host
+    return ""

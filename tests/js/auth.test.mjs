@@ -9,6 +9,7 @@ import {
 
 const TOKEN_KEY = 'cmlfleet.id_token';
 const PKCE_KEY = 'cmlfleet.pkce';
+const REFRESH_KEY = 'cmlfleet.refresh_token';
 const NOW = Date.parse('2026-11-30T12:00:00Z');
 const nowSeconds = NOW / 1000;
 
@@ -318,9 +319,13 @@ describe('Session OIDC flow', () => {
   });
 
   it('restore() with ?code&state exchanges the code, stores the id_token and drops the query', async () => {
-    const token = jwt({ 'cognito:username': 'zoë', 'cognito:groups': ['admin'], exp: nowSeconds + 3600 });
+    const token = jwt({
+      'cognito:username': 'zoë', 'cognito:groups': ['admin'], exp: nowSeconds + 3600, nonce: 'n-1',
+    });
     const fetch = fakeFetch(200, { id_token: token, access_token: 'ignored' });
-    const storage = new FakeStorage({ [PKCE_KEY]: JSON.stringify({ verifier: 'the-verifier', state: 'st-1' }) });
+    const storage = new FakeStorage({
+      [PKCE_KEY]: JSON.stringify({ verifier: 'the-verifier', state: 'st-1', nonce: 'n-1' }),
+    });
     const { session: s, history } = session(OIDC_CONFIG, { storage, fetch, search: '?code=abc%2B1&state=st-1' });
 
     assert.equal(await s.restore(), true);
@@ -347,11 +352,12 @@ describe('Session OIDC flow', () => {
   });
 
   it('the whole round trip: the verifier sent to the token endpoint matches the challenge sent to authorize', async () => {
-    const token = jwt({ sub: 'u', exp: nowSeconds + 3600 });
     const storage = new FakeStorage();
     const first = session(OIDC_CONFIG, { storage });
     await first.session.beginOidc();
     const authorize = new URL(first.location.assigned[0]).searchParams;
+    // The issuer echoes the nonce of the authorize request into the ID token (L9).
+    const token = jwt({ sub: 'u', exp: nowSeconds + 3600, nonce: authorize.get('nonce') });
 
     const fetch = fakeFetch(200, { id_token: token });
     const second = session(OIDC_CONFIG, {
@@ -390,6 +396,71 @@ describe('Session OIDC flow', () => {
     assert.equal(storage.getItem(TOKEN_KEY), null);
   });
 
+  it('L9: beginOidc sends a fresh nonce in the authorize request and keeps it with state and verifier', async () => {
+    const a = session(OIDC_CONFIG);
+    const b = session(OIDC_CONFIG);
+    await a.session.beginOidc();
+    await b.session.beginOidc();
+    const saved = JSON.parse(a.storage.getItem(PKCE_KEY));
+    assert.match(saved.nonce, /^[A-Za-z0-9_-]{22,}$/, 'at least 128 random bits, base64url');
+    assert.notEqual(saved.nonce, saved.state);
+    assert.equal(new URL(a.location.assigned[0]).searchParams.get('nonce'), saved.nonce);
+    assert.notEqual(JSON.parse(b.storage.getItem(PKCE_KEY)).nonce, saved.nonce);
+  });
+
+  /** A redirect back with ?code&state=s after a request that stored `nonce`; `claims` is the ID token's. */
+  function codeReturn(claims, { nonce = 'n-expected', refresh = 'r-1' } = {}) {
+    const fetch = fakeFetch(200, { id_token: jwt(claims), refresh_token: refresh });
+    const storage = new FakeStorage({
+      [TOKEN_KEY]: jwt({ sub: 'earlier', exp: nowSeconds + 3600 }), // an earlier session's
+      [REFRESH_KEY]: 'r-earlier',
+      [PKCE_KEY]: JSON.stringify({ verifier: 'v', state: 's', nonce }),
+    });
+    return { ...session(OIDC_CONFIG, { storage, fetch, search: '?code=abc&state=s' }), fetch };
+  }
+
+  it('L9: an ID token whose nonce differs from the request\'s is refused and every token forgotten', async () => {
+    const { session: s, storage, fetch } = codeReturn({ sub: 'u', exp: nowSeconds + 3600, nonce: 'n-replayed' });
+    await assert.rejects(s.restore(), {
+      message: 'the sign-in answer does not belong to this sign-in (nonce mismatch); sign in again',
+    });
+    assert.equal(fetch.calls.length, 1, 'the code was exchanged, then the ID token checked');
+    assert.equal(s.token, null);
+    assert.equal(s.valid, false);
+    assert.equal(storage.getItem(TOKEN_KEY), null);
+    assert.equal(storage.getItem(REFRESH_KEY), null, 'the refresh token that came with it is not kept');
+    assert.equal(storage.getItem(PKCE_KEY), null);
+  });
+
+  it('L9: an ID token without a nonce is refused', async () => {
+    const { session: s, storage } = codeReturn({ sub: 'u', exp: nowSeconds + 3600 });
+    await assert.rejects(s.restore(), /nonce mismatch/);
+    assert.equal(storage.getItem(TOKEN_KEY), null);
+    assert.equal(storage.getItem(REFRESH_KEY), null);
+  });
+
+  it('L9: a stored request without a nonce (from before the upgrade) refuses an ID token without one', async () => {
+    // Both missing must not count as equal.
+    const { session: s, storage } = codeReturn({ sub: 'u', exp: nowSeconds + 3600 }, { nonce: undefined });
+    await assert.rejects(s.restore(), /nonce mismatch/);
+    assert.equal(storage.getItem(TOKEN_KEY), null);
+  });
+
+  it('L9: an ID token that is not a JWT is refused', async () => {
+    const fetch = fakeFetch(200, { id_token: 'not-a-jwt' });
+    const storage = new FakeStorage({ [PKCE_KEY]: JSON.stringify({ verifier: 'v', state: 's', nonce: 'n' }) });
+    const { session: s } = session(OIDC_CONFIG, { storage, fetch, search: '?code=abc&state=s' });
+    await assert.rejects(s.restore(), /nonce mismatch/);
+    assert.equal(storage.getItem(TOKEN_KEY), null);
+  });
+
+  it('L9: a matching nonce signs in and keeps the refresh token', async () => {
+    const { session: s, storage } = codeReturn({ sub: 'u', exp: nowSeconds + 3600, nonce: 'n-expected' });
+    assert.equal(await s.restore(), true);
+    assert.equal(s.claims.sub, 'u');
+    assert.equal(storage.getItem(REFRESH_KEY), 'r-1');
+  });
+
   it('signOut forgets the token and goes to the logout URL with client_id and logout_uri', async () => {
     const token = jwt({ sub: 'u', exp: nowSeconds + 3600 });
     const { session: s, storage, location } = session(OIDC_CONFIG, {
@@ -419,8 +490,6 @@ describe('Session OIDC flow', () => {
     assert.equal(location.assigned.length, 0);
   });
 });
-
-const REFRESH_KEY = 'cmlfleet.refresh_token';
 
 describe('Session renewal (OIDC refresh token)', () => {
   it('renews an ID token about to expire with the stored refresh token', async () => {

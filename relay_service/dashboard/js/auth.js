@@ -1,6 +1,6 @@
 /**
- * Sign-in. Deployed: the OIDC authorization code flow with PKCE against the configured
- * issuer (Cognito's hosted UI by default) — a public client, no secret in the page.
+ * Sign-in. Deployed: the OIDC authorization code flow with PKCE and a nonce against the
+ * configured issuer (Cognito's hosted UI by default) — a public client, no secret in the page.
  * Locally: the development issuer's role picker. The ID token lives in sessionStorage
  * (gone when the tab closes) with, deployed, a refresh token that renews it before it
  * expires; the server verifies it on every call, the page reads its claims only to decide
@@ -128,6 +128,7 @@ export class Session {
   }
 
   async _renew(refreshToken) {
+    // No nonce check here: a renewed ID token need not carry one (OIDC Core 12.2).
     try {
       const body = await this._tokenRequest({
         grant_type: 'refresh_token',
@@ -154,11 +155,16 @@ export class Session {
     this._keep(body.id_token);
   }
 
-  /** Deployed: go to the issuer's sign-in page; it comes back with `?code=`. */
+  /**
+   * Deployed: go to the issuer's sign-in page; it comes back with `?code=`. The nonce ties
+   * the ID token to this request: the issuer copies it into the token, and an ID token
+   * minted for another request (replayed or injected) is refused on the way back.
+   */
   async beginOidc() {
     const verifier = randomString(48);
     const state = randomString(16);
-    this._storage.setItem(PKCE_KEY, JSON.stringify({ verifier, state }));
+    const nonce = randomString(16);
+    this._storage.setItem(PKCE_KEY, JSON.stringify({ verifier, state, nonce }));
     const url = new URL(this.signIn.authorize_url);
     url.search = new URLSearchParams({
       response_type: 'code',
@@ -166,6 +172,7 @@ export class Session {
       redirect_uri: this._redirectUri(),
       scope: this.signIn.scopes ?? 'openid',
       state,
+      nonce,
       code_challenge: await pkceChallenge(verifier),
       code_challenge_method: 'S256',
     }).toString();
@@ -205,6 +212,13 @@ export class Session {
       redirect_uri: this._redirectUri(),
       code_verifier: saved.verifier,
     });
+    // Both missing is no match: a request stored without a nonce proves nothing.
+    if (!saved.nonce || decodeClaims(body.id_token)?.nonce !== saved.nonce) {
+      this._forget();
+      throw new Error(
+        'the sign-in answer does not belong to this sign-in (nonce mismatch); sign in again',
+      );
+    }
     this._keep(body.id_token, body.refresh_token);
   }
 
