@@ -105,9 +105,20 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
     return True
 
 
-def relay_health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/api/events/health", timeout=5) as response:  # noqa: S310
-        return dict(json.load(response))
+def relay_health(relay: RelayProcess) -> dict[str, Any]:
+    """The relay's client count and counters, from its metrics port (the public health
+    check says only ok or not)."""
+    with urllib.request.urlopen(relay.metrics_url, timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    stats: dict[str, int] = {}
+    clients = 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("cmlfleet_relay_") and name.endswith("_total"):
+            stats[name.removeprefix("cmlfleet_relay_").removesuffix("_total")] = int(float(value))
+        elif name == "cmlfleet_relay_clients":
+            clients = int(float(value))
+    return {"clients": clients, "stats": stats}
 
 
 def run_soak(plan: SoakPlan) -> dict[str, Any]:
@@ -131,6 +142,11 @@ def run_soak(plan: SoakPlan) -> dict[str, Any]:
             "TOPIC_ARN": topic_arn,
             "RELAY_POLL_WAIT_SECONDS": "1",
             "RELAY_ANONYMOUS_ROLE": "admin",  # transport under churn, not identity
+            # Every client is the one anonymous principal here: lift its per-user limits.
+            "RELAY_STREAMS_PER_PRINCIPAL": "100000",
+            "RELAY_REPLAYS_PER_MINUTE": "10000",
+            "RELAY_STREAMS_PER_ADDRESS": "100000",
+            "RELAY_CONNECTS_PER_ADDRESS_PER_MINUTE": "1000000",
             "RELAY_RING_SIZE": str(plan.ring_size),
             "HEARTBEAT_SECONDS": str(plan.heartbeat_seconds),
             "RELAY_LOG_LEVEL": "warning",
@@ -166,14 +182,14 @@ def _churn(plan: SoakPlan, relay: RelayProcess, sns: Any, topic_arn: str) -> dic
     # Closed sockets take a moment to leave, the health check's own too: wait for the
     # baseline (the margin is for a connection to moto the relay's AWS client may open).
     wait_until(
-        lambda: relay_health(relay.url)["clients"] == 0 and sampler.read().fds <= before.fds,
+        lambda: relay_health(relay)["clients"] == 0 and sampler.read().fds <= before.fds,
         timeout=15,
     )
     after = sampler.read()
     if after.fds > before.fds + plan.fd_margin:
         ledger.fail(f"the relay kept {after.fds - before.fds} descriptors after its clients left")
     sampler.stop()
-    health = relay_health(relay.url)
+    health = relay_health(relay)
     if health["clients"]:
         ledger.fail(f"the relay still holds {health['clients']} subscriptions")
     figures = _report(plan, ledger, publisher, sampler, before, after, ran_for)
@@ -183,7 +199,7 @@ def _churn(plan: SoakPlan, relay: RelayProcess, sns: Any, topic_arn: str) -> dic
 def _baseline(relay: RelayProcess, sampler: ProcessSampler, ledger: Ledger) -> Sample:
     """The relay before any client: events flowing through it (its connections to moto
     are open) and its descriptor count steady."""
-    if not wait_until(lambda: relay_health(relay.url)["stats"].get("published", 0) > 0, 30):
+    if not wait_until(lambda: relay_health(relay)["stats"].get("published", 0) > 0, 30):
         ledger.fail("no event reached the relay within 30 s")
     readings: list[int] = []
 

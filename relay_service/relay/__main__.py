@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from types import FrameType
 
 import uvicorn
@@ -104,7 +105,12 @@ def main() -> int:
     # handler, and Python prints warnings bare (no keys) and drops the rest.
     Logger()
     event_log = (
-        DynamoDbEventLog(settings.table_name, aws.client("dynamodb"), settings.relay_replay_max)
+        DynamoDbEventLog(
+            settings.table_name,
+            aws.client("dynamodb"),
+            settings.relay_replay_max,
+            timedelta(hours=settings.relay_replay_max_age_hours),
+        )
         if settings.table_name
         else None
     )

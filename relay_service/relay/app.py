@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -25,15 +25,22 @@ from cmlfleet.events.catalog import (
     SseShutdown,
 )
 from cmlfleet.events.envelope import CloudEvent
-from cmlfleet.identity import AuthenticationError, Role
+from cmlfleet.identity import AuthenticationError, Principal
 from cmlfleet.timeutil import utc_now
 from relay.auth import StreamAuthenticator
 from relay.backoff import Backoff, retry
 from relay.dashboard import DashboardFiles, dashboard_config
 from relay.draining import EcsTaskWatch
-from relay.frames import delivery, relay_event_frame
-from relay.history import DynamoDbEventLog, EventRing, Replay
+from relay.frames import delivery, receives, relay_event_frame
+from relay.history import DynamoDbEventLog, EventRing, Replay, TooManyMissedError
 from relay.hub import Hub, Interest, Subscription, SubscriptionClosedError
+from relay.limits import (
+    Allowance,
+    BoundedExecutor,
+    BusyError,
+    StreamCounts,
+    client_address,
+)
 from relay.metrics import MetricsServer
 from relay.observability import LatencyWindow, prometheus_text, tracer
 from relay.response import EventStreamResponse
@@ -43,6 +50,8 @@ from relay.sse import FrameError
 logger = Logger(child=True)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+REPLAY_SLICE = 100  # frames framed and sent between turns of the event loop
+NOT_KEPT = "the events after your last one are no longer kept"
 
 
 class EventBus(Protocol):
@@ -77,6 +86,19 @@ class Relay:
         self.broadcast_latency = LatencyWindow()
         self.replay_latency = LatencyWindow()
         self.event_log = event_log
+        # What one client may cost (relay/limits.py).
+        self.principal_streams = StreamCounts(settings.relay_streams_per_principal)
+        self.address_streams = StreamCounts(settings.relay_streams_per_address)
+        self.replays = Allowance(settings.relay_replays_per_minute)
+        self.connects = Allowance(settings.relay_connects_per_address_per_minute)
+        auth_threads = settings.relay_auth_threads
+        self.executors = {
+            "ticket": BoundedExecutor("relay-tickets", auth_threads, 16 * auth_threads),
+            "token": BoundedExecutor("relay-tokens", auth_threads, 16 * auth_threads),
+            "replay": BoundedExecutor(
+                "relay-replay", settings.relay_replay_threads, 8 * settings.relay_replay_threads
+            ),
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -123,34 +145,57 @@ class Relay:
             self.ring.add(event)
         logger.info("replay ring warmed", events=len(recent))
 
-    async def replay(self, cursor: str | None) -> Replay:
-        """What a client that last saw `cursor` missed, from the ring or the event log."""
+    async def replay(self, cursor: str | None, subscription: Subscription) -> Replay:
+        """What this client missed since `cursor` and may receive, or why it must resync.
+
+        At most `RELAY_REPLAY_MAX` events are read, from the ring or the event log, and
+        only those the client receives are returned. A cursor the client could not have
+        been sent is answered as one that was never kept, so ids tell nothing of others.
+        """
         if not cursor:
             return Replay("none", [])
+        if not self.replays.take(_key(subscription.principal)):
+            self.hub.stats["replays_refused_rate"] += 1
+            return Replay("resync", [], "too many reconnects with a cursor; fetch the state")
         with tracer.start_as_current_span("relay.replay") as span:
             started = time.perf_counter()
-            replay = await self._replay(cursor)
+            try:
+                replay = await self._replay(cursor, lambda event: receives(subscription, event))
+            except TooManyMissedError:
+                self.hub.stats["replays_over_cap"] += 1
+                replay = Replay("resync", [], "more events were missed than are replayed")
+            except BusyError:
+                self.hub.stats["replays_refused_busy"] += 1
+                replay = Replay("resync", [], "the relay is busy; fetch the state")
             self.replay_latency.add(time.perf_counter() - started)
             span.set_attribute("cmlfleet.replay.status", replay.status)
             span.set_attribute("cmlfleet.replay.events", len(replay.events))
             return replay
 
-    async def _replay(self, cursor: str) -> Replay:
-        missed = self.ring.after(cursor)
-        if missed is not None:
-            self.hub.stats["replay_ring_hits"] += 1
-            return Replay("replayed", missed)
-        if self.event_log is not None:
+    async def _replay(self, cursor: str, receives: Callable[[CloudEvent], bool]) -> Replay:
+        cap = self.settings.relay_replay_max
+        last_seen = self.ring.get(cursor)
+        if last_seen is not None:
+            missed = self.ring.after(cursor, cap) if receives(last_seen) else None
+            if missed is not None:
+                self.hub.stats["replay_ring_hits"] += 1
+                return Replay("replayed", [event for event in missed if receives(event)])
+        elif self.event_log is not None:
+            event_log, now = self.event_log, utc_now()
             try:
-                logged = await asyncio.to_thread(self.event_log.after, cursor, utc_now())
+                logged = await self.executors["replay"].run(
+                    lambda: event_log.after(cursor, now, admit_cursor=receives)
+                )
+            except (TooManyMissedError, BusyError):
+                raise
             except Exception:
                 logger.exception("event log unavailable for replay")
                 logged = None
             if logged is not None:
                 self.hub.stats["replay_log_hits"] += 1
-                return Replay("replayed", logged)
+                return Replay("replayed", [event for event in logged if receives(event)])
         self.hub.stats["replay_misses"] += 1
-        return Replay("resync", [], "the events after your last one are no longer kept")
+        return Replay("resync", [], NOT_KEPT)
 
     async def stop(self) -> None:
         self.begin_shutdown()
@@ -159,6 +204,8 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await asyncio.to_thread(self.bus.close)
+        for executor in self.executors.values():
+            executor.shutdown()
 
     def begin_shutdown(self) -> None:
         """Stop accepting clients and tell each to come back after its own jittered delay.
@@ -230,19 +277,18 @@ class Relay:
 def create_app(
     settings: RelaySettings,
     bus: EventBus,
-    event_log: DynamoDbEventLog | None = None,
-    authenticator: StreamAuthenticator | None = None,
+    event_log: DynamoDbEventLog | None,
+    authenticator: StreamAuthenticator,
 ) -> FastAPI:
     """The relay application; `bus` is the SQS bus in production, anything alike in tests.
+
+    There is no default `authenticator`: who may connect is always the caller's decision.
 
     Its lifespan also runs the metrics server (`app.state.metrics`, on
     `RELAY_METRICS_PORT`): up before the bus opens, down after the queue is deleted.
     """
     relay = Relay(settings, bus, event_log)
     metrics = MetricsServer(relay.metrics_text, settings.relay_host, settings.relay_metrics_port)
-    authenticator = authenticator or StreamAuthenticator(
-        verifier=None, tickets=None, anonymous_role=Role.ADMIN
-    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -280,21 +326,16 @@ def create_app(
     async def health() -> JSONResponse:
         """200 while this relay accepts clients and hears from its queue, else 503.
 
-        The load balancer's check: a draining or deaf task gets no new streams.
+        The load balancer's check: a draining or deaf task gets no new streams. It is
+        public (the balancer sends no credentials), so it says nothing but the status;
+        the counters are on the metrics port, which the balancer does not reach.
         """
-        hub = relay.hub
         quiet = relay.bus.seconds_since_receive()
         # A poll returns at least every RELAY_POLL_WAIT_SECONDS; several missed means
         # the bus is broken (queue deleted, no permission) and this task should go.
         bus_ok = quiet is not None and quiet <= 3 * settings.relay_poll_wait_seconds + 15
-        status = "draining" if not hub.accepting else ("ok" if bus_ok else "bus_unavailable")
-        body = {
-            "status": status,
-            "clients": hub.client_count,
-            "seconds_since_bus_receive": None if quiet is None else round(quiet, 3),
-            "stats": dict(hub.stats),
-        }
-        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+        status = "draining" if not relay.hub.accepting else ("ok" if bus_ok else "bus_unavailable")
+        return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
     @app.get("/config.json", include_in_schema=False)
     async def config() -> JSONResponse:
@@ -308,7 +349,7 @@ def create_app(
 
 
 class StreamEndpoint:
-    """`GET /api/events/stream`: authenticate, register, replay, then live events.
+    """`GET /api/events/stream`: authenticate, admit, register, replay, then live events.
 
     `Last-Event-ID` (sent by EventSource when it reconnects), or `last_event_id` for a
     first connect, replays what the client missed before live events follow.
@@ -318,22 +359,30 @@ class StreamEndpoint:
         self._relay, self._authenticator = relay, authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self._respond(Request(scope, receive))
-        await response(scope, receive, send)
+        admitted: list[Callable[[], None]] = []
+        try:
+            response = await self._respond(Request(scope, receive), admitted)
+            await response(scope, receive, send)
+        finally:
+            # Here and not in the frames' generator: a response cancelled before its
+            # first frame never runs the generator, and its stream must still be let go.
+            for release in reversed(admitted):
+                release()
 
-    async def _respond(self, request: Request) -> Response:
+    async def _respond(self, request: Request, admitted: list[Callable[[], None]]) -> Response:
         relay, settings = self._relay, self._relay.settings
         if not relay.hub.accepting:
-            return JSONResponse(
-                {"error": "relay is shutting down"}, status_code=503, headers={"Retry-After": "1"}
-            )
+            return _refusal(503, "shutting_down", "relay is shutting down", retry_after=1)
+        address = client_address(
+            request.scope.get("client"),
+            request.headers.get("x-forwarded-for", ""),
+            settings.relay_forwarded_hops,
+        )
+        if not relay.connects.take(address):
+            relay.hub.stats["rejected_connect_rate"] += 1
+            return _refusal(429, "too_many_connects", "reconnecting too often", retry_after=5)
         try:
-            # Ticket redemption and key fetches block: keep them off the event loop.
-            principal = await asyncio.to_thread(
-                self._authenticator.authenticate,
-                request.query_params.get("ticket"),
-                request.headers.get("authorization"),
-            )
+            principal = await self._principal(request)
         except AuthenticationError as error:
             relay.hub.stats["rejected_unauthenticated"] += 1
             return JSONResponse(
@@ -341,6 +390,12 @@ class StreamEndpoint:
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        except BusyError:
+            relay.hub.stats["rejected_busy"] += 1
+            return _refusal(503, "busy", "the relay is busy; try again shortly", retry_after=2)
+        refusal = self._admit(_key(principal), address, admitted)
+        if refusal is not None:
+            return refusal
         cursor = (
             request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
         ).strip()[:128]
@@ -350,12 +405,53 @@ class StreamEndpoint:
         )
         # Registered for live events before history is read: nothing falls in the gap.
         subscription = relay.hub.subscribe(principal, interest)
+        admitted.append(lambda: relay.hub.unsubscribe(subscription))
         return EventStreamResponse(
             _frames(relay, subscription, cursor or None),
             headers=STREAM_HEADERS,
             send_timeout=settings.relay_send_timeout_seconds,
             on_send_timeout=lambda: relay.hub.stats.update(["cutoffs_send_timeout"]),
         )
+
+    async def _principal(self, request: Request) -> Principal:
+        """Who this is: a malformed credential is refused here, on the loop; checking a
+        good-looking one blocks (DynamoDB, key fetches), on the executor of its kind."""
+        authenticator = self._authenticator
+        credential = authenticator.credential(
+            request.query_params.get("ticket"), request.headers.get("authorization")
+        )
+        if credential.kind == "anonymous":
+            return authenticator.principal(credential)
+        executor = self._relay.executors[credential.kind]
+        return await executor.run(lambda: authenticator.principal(credential))
+
+    def _admit(
+        self, principal_key: str, address: str, admitted: list[Callable[[], None]]
+    ) -> Response | None:
+        """Count the stream against its principal and address, or refuse it (429)."""
+        relay = self._relay
+        if not relay.principal_streams.admit(principal_key):
+            relay.hub.stats["rejected_streams_per_principal"] += 1
+            return _refusal(429, "too_many_streams", "too many open streams for this user")
+        admitted.append(lambda: relay.principal_streams.release(principal_key))
+        if not relay.address_streams.admit(address):
+            relay.hub.stats["rejected_streams_per_address"] += 1
+            return _refusal(429, "too_many_streams", "too many open streams from this address")
+        admitted.append(lambda: relay.address_streams.release(address))
+        return None
+
+
+def _refusal(status: int, code: str, message: str, *, retry_after: int = 30) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _key(principal: Principal | None) -> str:
+    """Whose stream or replay this is, for the limits: the `sub`, which is never reused."""
+    return principal.subject if principal is not None else "anonymous"
 
 
 def _listed(value: str | None) -> frozenset[str]:
@@ -370,13 +466,14 @@ async def _frames(
 ) -> AsyncIterator[bytes]:
     settings = relay.settings
     try:
-        replay = await relay.replay(cursor)
+        replay = await relay.replay(cursor, subscription)
         subscription.skip({event.id for event in replay.events})
         yield relay_event_frame(
             Connected(
                 client_id=subscription.client_id,
                 server_time=utc_now(),
                 heartbeat_seconds=settings.heartbeat_seconds,
+                # What this client is sent, and nothing about what it is not.
                 replay=ReplayOutcome(
                     requested=cursor, status=replay.status, replayed=len(replay.events)
                 ),
@@ -385,31 +482,45 @@ async def _frames(
         )
         if replay.status == "resync":
             yield relay_event_frame(Resync(reason=replay.reason))
-        # Replayed events are filtered and masked for this client exactly as live ones.
-        replayed = [subscription.frame_for(delivery(event)) for event in replay.events]
-        visible = [frame for frame in replayed if frame is not None]
-        for start in range(0, len(visible), 100):
-            yield b"".join(visible[start : start + 100])
-        expires_at = subscription.principal.expires_at if subscription.principal else None
-        while True:
-            wait = settings.heartbeat_seconds
-            if expires_at is not None:
-                remaining = expires_at - time.time()
-                if remaining <= 0:
-                    # The client gets a new ticket or token and resumes with its last id.
-                    relay.hub.stats["closed_auth_expired"] += 1
-                    yield relay_event_frame(AuthExpired())
-                    return
-                wait = min(wait, remaining)
-            try:
-                frames = await subscription.next_frames(wait)
-            except SubscriptionClosedError as closed:
-                if closed.final_frame:
-                    yield closed.final_frame
-                return
-            if frames:
-                yield b"".join(frames)
-            elif expires_at is None or expires_at - time.time() > 0:
-                yield relay_event_frame(Heartbeat(server_time=utc_now()))
+        async for frames in _replayed(subscription, replay.events):
+            yield frames
+        async for frames in _live(relay, subscription):
+            yield frames
     finally:
         relay.hub.unsubscribe(subscription)
+
+
+async def _replayed(subscription: Subscription, events: list[CloudEvent]) -> AsyncIterator[bytes]:
+    """The replayed events, framed (masked) for this client exactly as live ones, a slice
+    at a time with a turn of the event loop between, so other clients' writes go on."""
+    for start in range(0, len(events), REPLAY_SLICE):
+        framed = (subscription.frame_for(delivery(e)) for e in events[start : start + REPLAY_SLICE])
+        chunk = b"".join(frame for frame in framed if frame is not None)
+        if chunk:
+            yield chunk
+        await asyncio.sleep(0)
+
+
+async def _live(relay: Relay, subscription: Subscription) -> AsyncIterator[bytes]:
+    settings = relay.settings
+    expires_at = subscription.principal.expires_at if subscription.principal else None
+    while True:
+        wait = settings.heartbeat_seconds
+        if expires_at is not None:
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                # The client gets a new ticket or token and resumes with its last id.
+                relay.hub.stats["closed_auth_expired"] += 1
+                yield relay_event_frame(AuthExpired())
+                return
+            wait = min(wait, remaining)
+        try:
+            frames = await subscription.next_frames(wait)
+        except SubscriptionClosedError as closed:
+            if closed.final_frame:
+                yield closed.final_frame
+            return
+        if frames:
+            yield b"".join(frames)
+        elif expires_at is None or expires_at - time.time() > 0:
+            yield relay_event_frame(Heartbeat(server_time=utc_now()))

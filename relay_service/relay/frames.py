@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cmlfleet.access import visible_view
+from cmlfleet.access import may_see, visible_view
 from cmlfleet.events.catalog import EventData, WorkerCreated, WorkerView
 from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.identity import Principal, Role
 from cmlfleet.timeutil import format_rfc3339
-from relay.hub import METRICS_EVENT, Delivery
+from relay.hub import METRICS_EVENT, Delivery, Subscription
 from relay.sse import ServerSentEvent
 
 
@@ -59,6 +59,15 @@ def delivery(event: CloudEvent) -> Delivery:
             data=_one_line_json(wire_data(event) | {"data": data}),
         ).encode()
     return Delivery(event.id, event.owner, full, masked, event.subject, event.type)
+
+
+def receives(subscription: Subscription, event: CloudEvent) -> bool:
+    """Whether this client gets `event` at all: decided on the event, before any framing,
+    by the same rules as `Subscription.frame_for` (what it asked for, what it may see)."""
+    if not subscription.interest.wants_kind(event.subject, event.type):
+        return False
+    principal = subscription.principal
+    return principal is None or may_see(principal, event.owner)
 
 
 def relay_event_frame(payload: EventData, *, retry_ms: int | None = None) -> bytes:

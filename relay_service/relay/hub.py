@@ -57,9 +57,12 @@ class Interest:
     event_types: frozenset[str] = frozenset()
 
     def wants(self, delivery: Delivery) -> bool:
-        if self.worker_ids and delivery.worker_id not in self.worker_ids:
+        return self.wants_kind(delivery.worker_id, delivery.event_type)
+
+    def wants_kind(self, worker_id: str, event_type: str) -> bool:
+        if self.worker_ids and worker_id not in self.worker_ids:
             return False
-        return not self.event_types or delivery.event_type in self.event_types
+        return not self.event_types or event_type in self.event_types
 
 
 class Subscription:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,12 +45,25 @@ class RelaySettings(BaseSettings):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = Field(default=None, pattern=r"^https?://")
     roles_claim: str = "cognito:groups"
+    owner_claim: str = Field(default="cognito:username", min_length=1)
     relay_anonymous_role: Literal["admin", "manager", "user"] | None = Field(
         default=None, description="development only: let clients in without credentials"
     )
     relay_metrics_window_ms: int = Field(default=250, ge=0, le=10_000)
     relay_ring_size: int = Field(default=10_000, ge=10, le=1_000_000)
+    # What one client may cost (relay/limits.py); the defaults are far above what the
+    # dashboard does (one stream per tab, one replay per reconnect).
     relay_replay_max: int = Field(default=5000, ge=1, le=100_000)
+    relay_replay_max_age_hours: int = Field(default=24, ge=1, le=24 * 14)
+    relay_replays_per_minute: int = Field(default=30, ge=1, le=10_000)
+    relay_streams_per_principal: int = Field(default=20, ge=1, le=100_000)
+    relay_streams_per_address: int = Field(default=500, ge=1, le=1_000_000)
+    relay_connects_per_address_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    relay_forwarded_hops: int = Field(
+        default=0, ge=0, le=5, description="trusted proxies that append to X-Forwarded-For"
+    )
+    relay_auth_threads: int = Field(default=4, ge=1, le=64)
+    relay_replay_threads: int = Field(default=2, ge=1, le=64)
     dashboard_dir: Path | None = Field(
         default_factory=lambda: _bundled_dashboard(), description="the dashboard's static files"
     )
@@ -89,6 +103,7 @@ class RelaySettings(BaseSettings):
         "oidc_logout_url",
         "dashboard_dir",
         "ecs_container_metadata_uri_v4",
+        "relay_anonymous_role",
         mode="before",
     )
     @classmethod
@@ -105,6 +120,25 @@ class RelaySettings(BaseSettings):
     def _metrics_have_their_own_port(self) -> RelaySettings:
         if self.relay_metrics_port and self.relay_metrics_port == self.relay_port:
             raise ValueError("RELAY_METRICS_PORT must differ from RELAY_PORT")
+        return self
+
+    @model_validator(mode="after")
+    def _anonymous_only_in_development(self) -> RelaySettings:
+        # Letting clients in without credentials is for a laptop; a relay that knows a real
+        # issuer, or runs on ECS, is one people rely on, and must never do it.
+        if self.relay_anonymous_role and (self.oidc_issuer or self.ecs_container_metadata_uri_v4):
+            raise ValueError(
+                "RELAY_ANONYMOUS_ROLE is for development only: not allowed with OIDC_ISSUER "
+                "or on ECS (ECS_CONTAINER_METADATA_URI_V4)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _keys_travel_encrypted(self) -> RelaySettings:
+        for name in ("oidc_issuer", "oidc_jwks_url"):
+            url = getattr(self, name)
+            if url and not _https_or_loopback(url):
+                raise ValueError(f"{name.upper()} must be https:// (http:// only for loopback)")
         return self
 
     @model_validator(mode="after")
@@ -150,3 +184,7 @@ def load_relay_settings() -> RelaySettings:
         raise ConfigurationError(
             f"invalid relay configuration: {describe_validation_error(error)}"
         ) from None
+
+
+def _https_or_loopback(url: str) -> bool:
+    return url.startswith("https://") or urlsplit(url).hostname in ("127.0.0.1", "::1", "localhost")

@@ -88,7 +88,7 @@ def test_a_worker_created_stopped_and_terminated_through_the_api_is_seen_live(
 def test_the_origin_routes_like_the_load_balancer(fleet: FleetStack) -> None:
     user = bearer(fleet, "alice", "user")
     assert httpx.get(f"{fleet.url}/api/health").json()["status"] == "ok"  # API
-    assert httpx.get(f"{fleet.url}/api/events/health").json()["clients"] >= 0  # relay
+    assert httpx.get(f"{fleet.url}/api/events/health").json() == {"status": "ok"}  # relay
     ticket = httpx.post(f"{fleet.url}/api/events/tickets", headers=user)  # API, not relay
     assert ticket.status_code == 201, ticket.text
     keys = httpx.get(f"{fleet.url}/auth/.well-known/jwks.json").json()  # issuer

@@ -19,6 +19,7 @@ import uvicorn
 
 from cmlfleet.events.catalog import WorkerMetricsUpdated, WorkerStatusUpdated
 from cmlfleet.events.envelope import CloudEvent, make_event
+from cmlfleet.identity import Role
 from devstack.stack import free_port
 from relay.app import Relay, create_app
 from relay.auth import StreamAuthenticator
@@ -47,6 +48,12 @@ class InMemoryBus:
 class RelayThread:
     def __init__(self, authenticator: StreamAuthenticator | None = None, **settings: Any) -> None:
         self.bus = InMemoryBus()
+        # Every test client connects from 127.0.0.1: its connect rate is not what is tested.
+        settings.setdefault("relay_connects_per_address_per_minute", 1_000_000)
+        if authenticator is None:
+            # Every client is the one anonymous principal: per-user limits would bind.
+            settings.setdefault("relay_streams_per_principal", 100_000)
+            settings.setdefault("relay_replays_per_minute", 10_000)
         self.settings = RelaySettings(
             topic_arn="arn:aws:sns:us-east-1:123456789012:events",
             relay_anonymous_role=None if authenticator else "admin",
@@ -54,6 +61,10 @@ class RelayThread:
             relay_host="127.0.0.1",
             relay_metrics_port=0,  # any free port; `metrics_url` says which
             **settings,
+        )
+        # Tests that are not about credentials let everyone in as an admin, saying so.
+        authenticator = authenticator or StreamAuthenticator(
+            verifier=None, tickets=None, anonymous_role=Role.ADMIN
         )
         self.app = create_app(self.settings, self.bus, None, authenticator)
         self.relay: Relay = self.app.state.relay
@@ -84,8 +95,11 @@ class RelayThread:
         self.bus.sink(events)
 
     def health(self) -> dict[str, Any]:
+        """The public health status, with the hub's counters read in-process (they are
+        served on the metrics port only)."""
         body: dict[str, Any] = httpx.get(f"{self.url}/api/events/health", timeout=5).json()
-        return body
+        hub = self.relay.hub
+        return body | {"clients": hub.client_count, "stats": dict(hub.stats)}
 
     def wait_for_health(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         deadline = time.monotonic() + 20

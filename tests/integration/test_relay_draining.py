@@ -19,11 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.issuer import DevelopmentIssuer
 from relay.draining import EcsTaskWatch
 from tests.integration.conftest import RelayFactory
 from tests.sse_client import SseStream
 
 TASK_ARN = "arn:aws:ecs:us-east-1:123456789012:task/relays/0123456789abcdef0123456789abcdef"
+ISSUER = "https://issuer.test/pool"
+AUDIENCE = "cmlfleet-tests"
+# On ECS a relay never lets anyone in without credentials, so these clients bring a token.
+TOKENS = DevelopmentIssuer(ISSUER, audience=AUDIENCE)
 
 
 class TaskMetadata:
@@ -38,10 +43,13 @@ class TaskMetadata:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path != "/v4/abc-123/task":
+                if self.path == "/jwks.json":  # the issuer's keys, from the same server
+                    body, status = json.dumps(TOKENS.jwks()).encode(), 200
+                elif self.path != "/v4/abc-123/task":
                     self.send_error(404)
                     return
-                body, status = metadata.answer()
+                else:
+                    body, status = metadata.answer()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -52,7 +60,14 @@ class TaskMetadata:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.uri = f"http://127.0.0.1:{self._server.server_address[1]}/v4/abc-123"
+        base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.uri = f"{base}/v4/abc-123"
+        self.identity = {
+            "RELAY_ANONYMOUS_ROLE": "",
+            "OIDC_ISSUER": ISSUER,
+            "OIDC_AUDIENCE": AUDIENCE,
+            "OIDC_JWKS_URL": f"{base}/jwks.json",
+        }
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def answer(self) -> tuple[bytes, int]:
@@ -92,12 +107,13 @@ def test_when_ecs_stops_the_task_clients_hear_goodbye_and_health_says_draining(
     start_relay: RelayFactory, metadata: TaskMetadata
 ) -> None:
     relay = start_relay(
+        **metadata.identity,
         ECS_CONTAINER_METADATA_URI_V4=metadata.uri,
         RELAY_DRAIN_POLL_SECONDS="0.2",
         RELAY_SHUTDOWN_MIN_MS="700",
         RELAY_SHUTDOWN_MAX_MS="900",
     )
-    with SseStream(f"{relay.url}/api/events/stream") as stream:
+    with SseStream(f"{relay.url}/api/events/stream", headers=BEARER) as stream:
         assert stream.next().event == "connected"
         metadata.wait_for_requests(2)  # it is watching
         assert httpx.get(f"{relay.url}/api/events/health", timeout=5).status_code == 200
@@ -114,7 +130,7 @@ def test_when_ecs_stops_the_task_clients_hear_goodbye_and_health_says_draining(
     assert (health.status_code, health.json()["status"]) == (503, "draining")
     live = httpx.get(f"{relay.url}/api/events/live", timeout=5)
     assert (live.status_code, live.json()) == (200, {"status": "alive"})
-    refused = httpx.get(f"{relay.url}/api/events/stream", timeout=5)
+    refused = httpx.get(f"{relay.url}/api/events/stream", headers=BEARER, timeout=5)
     assert (refused.status_code, refused.headers["retry-after"]) == (503, "1")
 
     # Then SIGTERM: the sequence already ran, and the relay exits cleanly.
@@ -130,12 +146,13 @@ def test_a_metadata_endpoint_that_fails_is_logged_rarely_and_the_relay_serves_on
     with tempfile.TemporaryFile() as output:
         relay = start_relay(
             output=output,
+            **metadata.identity,
             ECS_CONTAINER_METADATA_URI_V4=metadata.uri,
             RELAY_DRAIN_POLL_SECONDS="0.1",
         )
         metadata.wait_for_requests(10)
         assert httpx.get(f"{relay.url}/api/events/health", timeout=5).status_code == 200
-        with SseStream(f"{relay.url}/api/events/stream") as stream:
+        with SseStream(f"{relay.url}/api/events/stream", headers=BEARER) as stream:
             assert stream.next().event == "connected"
 
         metadata.broken = False  # the agent is back, and the watch still works
@@ -149,6 +166,9 @@ def test_a_metadata_endpoint_that_fails_is_logged_rarely_and_the_relay_serves_on
     (failure,) = [line for line in logs.splitlines() if "ECS task metadata unavailable" in line]
     assert json.loads(failure)["error"].startswith("HTTPError: HTTP Error 500")
     assert "ECS is stopping this task; draining" in logs
+
+
+BEARER = {"Authorization": f"Bearer {TOKENS.token('alice', 'admin', lifetime=3600)}"}
 
 
 def health_status(url: str) -> int:

@@ -9,6 +9,7 @@ ticket works once.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +20,14 @@ from botocore.exceptions import ClientError
 from cmlfleet.identity import Principal, Role
 
 TICKET_PK_PREFIX = "TICKET#"
+TICKET_BYTES = 32
+# What `secrets.token_urlsafe(TICKET_BYTES)` makes: 43 base64url characters, no padding.
+TICKET_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def well_formed_ticket(ticket: str) -> bool:
+    """Whether `ticket` could be one we issued: anything else is refused without a lookup."""
+    return TICKET_PATTERN.fullmatch(ticket) is not None
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,7 @@ class DynamoDbTicketStore:
         self._table, self._client, self._ttl = table_name, client, ttl_seconds
 
     def issue(self, principal: Principal, now: float | None = None) -> IssuedTicket:
-        ticket = secrets.token_urlsafe(32)
+        ticket = secrets.token_urlsafe(TICKET_BYTES)
         issued = int(now if now is not None else time.time())
         expires_at = min(issued + self._ttl, principal.expires_at)
         self._client.put_item(
@@ -52,8 +61,8 @@ class DynamoDbTicketStore:
 
     def redeem(self, ticket: str, now: float | None = None) -> Principal | None:
         """The ticket's principal, once; `None` if unknown, used or expired."""
-        if not ticket or len(ticket) > 128:
-            return None
+        if not well_formed_ticket(ticket):
+            return None  # not ours: no DynamoDB write (a conditional delete) spent on it
         try:
             response = self._client.delete_item(
                 TableName=self._table,
