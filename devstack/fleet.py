@@ -77,6 +77,7 @@ def register_instance(instance: dict[str, Any], name: str, owner: str, region: s
         change.events,
         worker_id=worker.worker_id,
         owner=worker.owner,
+        owner_sub=worker.owner_sub,  # None: the demo owners are matched by name
         version=worker.version,
         source=load_settings().event_source,
     )

@@ -79,6 +79,7 @@ def build_authenticator(settings: RelaySettings) -> StreamAuthenticator:
             audience=settings.oidc_audience,
             keys=JwksSigningKeys(settings.jwks_url),
             roles_claim=settings.roles_claim,
+            owner_claim=settings.owner_claim,
         )
     tickets = (
         DynamoDbTicketStore(settings.table_name, aws.client("dynamodb"))

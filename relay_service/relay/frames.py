@@ -48,6 +48,7 @@ def delivery(event: CloudEvent) -> Delivery:
             event.type,
             event.subject,
             _one_line_json(wire_data(event)),
+            event.ownersub,
         )
     if event.type == WorkerCreated.event_type:
         view = WorkerView.model_validate(event.data["worker"])
@@ -58,7 +59,9 @@ def delivery(event: CloudEvent) -> Delivery:
             event=event.type,
             data=_one_line_json(wire_data(event) | {"data": data}),
         ).encode()
-    return Delivery(event.id, event.owner, full, masked, event.subject, event.type)
+    return Delivery(
+        event.id, event.owner, full, masked, event.subject, event.type, owner_sub=event.ownersub
+    )
 
 
 def receives(subscription: Subscription, event: CloudEvent) -> bool:
@@ -67,7 +70,7 @@ def receives(subscription: Subscription, event: CloudEvent) -> bool:
     if not subscription.interest.wants_kind(event.subject, event.type):
         return False
     principal = subscription.principal
-    return principal is None or may_see(principal, event.owner)
+    return principal is None or may_see(principal, event.owner, event.ownersub)
 
 
 def relay_event_frame(payload: EventData, *, retry_ms: int | None = None) -> bytes:

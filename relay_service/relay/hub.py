@@ -15,6 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cmlfleet.access import may_see
 from cmlfleet.identity import Principal
 from relay.sse import ServerSentEvent
 
@@ -47,6 +48,7 @@ class Delivery:
     event_type: str = ""
     metrics_of: str | None = None  # a metrics event's worker id: it may be coalesced
     wire_json: str = ""  # its wire object as one JSON line, for a batch frame
+    owner_sub: str | None = None  # the owner's `sub`, when known (access.may_see)
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class Subscription:
         principal = self.principal
         if principal is None or principal.sees_everything:
             return delivery.full
-        if principal.username == delivery.owner:
+        if may_see(principal, delivery.owner, delivery.owner_sub):
             return delivery.masked
         return None
 

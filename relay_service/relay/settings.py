@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cmlfleet.identity import DEFAULT_OWNER_CLAIM, require_https
 from cmlfleet.settings import ConfigurationError, describe_validation_error
 
 
@@ -45,7 +45,7 @@ class RelaySettings(BaseSettings):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = Field(default=None, pattern=r"^https?://")
     roles_claim: str = "cognito:groups"
-    owner_claim: str = Field(default="cognito:username", min_length=1)
+    owner_claim: str = Field(default=DEFAULT_OWNER_CLAIM, min_length=1)
     relay_anonymous_role: Literal["admin", "manager", "user"] | None = Field(
         default=None, description="development only: let clients in without credentials"
     )
@@ -137,8 +137,8 @@ class RelaySettings(BaseSettings):
     def _keys_travel_encrypted(self) -> RelaySettings:
         for name in ("oidc_issuer", "oidc_jwks_url"):
             url = getattr(self, name)
-            if url and not _https_or_loopback(url):
-                raise ValueError(f"{name.upper()} must be https:// (http:// only for loopback)")
+            if url:
+                require_https(url, name.upper())
         return self
 
     @model_validator(mode="after")
@@ -184,7 +184,3 @@ def load_relay_settings() -> RelaySettings:
         raise ConfigurationError(
             f"invalid relay configuration: {describe_validation_error(error)}"
         ) from None
-
-
-def _https_or_loopback(url: str) -> bool:
-    return url.startswith("https://") or urlsplit(url).hostname in ("127.0.0.1", "::1", "localhost")

@@ -143,6 +143,24 @@ def of_another_token_use(issuer: DevelopmentIssuer) -> str:
     return issuer.token("ada", "admin", token_use="refresh")
 
 
+# L6: who the caller is must be unambiguous, and no token lives for ever.
+def with_the_owner_as_a_list(issuer: DevelopmentIssuer) -> str:
+    return issuer.token("ada", "admin", **{"cognito:username": ["ada"]})
+
+
+def for_several_audiences_without_azp(issuer: DevelopmentIssuer) -> str:
+    """Another client's token that also names us: `azp` would say whose it is."""
+    return issuer.token("ada", "admin", aud=["another-app-client", issuer.audience])
+
+
+def issued_to_another_client(issuer: DevelopmentIssuer) -> str:
+    return issuer.token("ada", "admin", azp="another-app-client")
+
+
+def valid_until_2100(issuer: DevelopmentIssuer) -> str:
+    return issuer.token("ada", "admin", iat=int(time.time()), exp=4102444800)
+
+
 def garbage(_: DevelopmentIssuer) -> str:
     return "not-a-jwt"
 
@@ -167,6 +185,10 @@ REFUSED_TOKENS = [
     pytest.param(id_token_claiming_to_be_an_access_token, '"client_id"', id="id as access"),
     pytest.param(access_token_claiming_to_be_an_id_token, '"aud"', id="access as id"),
     pytest.param(of_another_token_use, "token_use", id="another token_use"),
+    pytest.param(with_the_owner_as_a_list, '"cognito:username"', id="owner as a list"),
+    pytest.param(for_several_audiences_without_azp, '"azp"', id="several aud, no azp"),
+    pytest.param(issued_to_another_client, "another client", id="azp another client"),
+    pytest.param(valid_until_2100, "longer than 24 h", id="valid until 2100"),
 ]
 
 
@@ -432,25 +454,37 @@ def test_claims_without_a_known_role_make_no_principal(groups: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("claims", "username"),
-    [
-        ({"cognito:username": "ada", "preferred_username": "lovelace"}, "ada"),
-        ({"preferred_username": "lovelace", "username": "al"}, "al"),
-        ({"preferred_username": "alice"}, "subject-1"),  # user-editable: never an owner
-        ({"username": "al"}, "al"),
-        ({}, "subject-1"),
-        ({"cognito:username": ""}, "subject-1"),
-    ],
+    ("owner_claim", "username"),
+    [("cognito:username", "ada"), ("username", "al"), ("sub", "subject-1")],
 )
-def test_the_username_comes_from_the_first_claim_that_has_one(
-    claims: dict[str, Any], username: str
-) -> None:
+def test_the_username_comes_from_the_owner_claim_alone(owner_claim: str, username: str) -> None:
+    claims = {"cognito:username": "ada", "username": "al", "preferred_username": "lovelace"}
+
     principal = principal_from_claims(
-        {"sub": "subject-1", "exp": 7, "cognito:groups": ["user"], **claims}, "cognito:groups"
+        {"sub": "subject-1", "exp": 7, "cognito:groups": ["user"], **claims},
+        "cognito:groups",
+        owner_claim,
     )
 
     assert principal.username == username
     assert (principal.subject, principal.expires_at) == ("subject-1", 7)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"preferred_username": "alice"},  # user-editable: never an owner
+        {"username": "al"},
+        {},
+        {"cognito:username": ""},
+    ],
+)
+def test_without_the_owner_claim_there_is_no_principal(claims: dict[str, Any]) -> None:
+    """L6: no other claim (`username`, `sub`) stands in for a missing owner claim."""
+    with pytest.raises(AuthenticationError, match='"cognito:username" claim must name the user'):
+        principal_from_claims(
+            {"sub": "subject-1", "exp": 7, "cognito:groups": ["user"], **claims}, "cognito:groups"
+        )
 
 
 def test_static_keys_refuse_a_token_without_a_key_id(issuer: DevelopmentIssuer) -> None:

@@ -66,7 +66,7 @@ def created(owner: str, worker_id: str) -> CloudEvent:
     )
 
 
-def status(owner: str, worker_id: str, version: int) -> CloudEvent:
+def status(owner: str, worker_id: str, version: int, owner_sub: str | None = None) -> CloudEvent:
     payload = WorkerStatusUpdated(
         worker_id=worker_id,
         old_status="running",
@@ -74,7 +74,9 @@ def status(owner: str, worker_id: str, version: int) -> CloudEvent:
         ec2_state=None,
         transition_started_at=None,
     )
-    return make_event(payload, worker_id=worker_id, version=version, owner=owner)
+    return make_event(
+        payload, worker_id=worker_id, version=version, owner=owner, owner_sub=owner_sub
+    )
 
 
 Relay = tuple[RelayThread, DynamoDbTicketStore]
@@ -161,3 +163,30 @@ def test_when_the_token_expires_the_client_is_told_and_the_stream_ends(
         assert stream.next().event == "connected"
         assert stream.wait_for(lambda e: e.event == "auth.expired", timeout=15)
         assert stream.closed.wait(10)
+
+
+def test_l6_a_new_user_given_an_old_name_gets_none_of_the_old_owners_events(
+    secure_relay: Relay, issuer: DevelopmentIssuer
+) -> None:
+    relay, _ = secure_relay
+    first = status("bob", "w-bbbb", 1, owner_sub="sub-of-the-first-bob")
+    old_bobs = [status("bob", "w-bbbb", 2, owner_sub="sub-of-the-first-bob")]
+    relay.publish([first])
+    relay.wait_for_health(lambda h: h["stats"].get("published", 0) >= 1)
+    new_bob = bearer(issuer, "bob", "user", sub="sub-of-the-second-bob")
+    old_bob = bearer(issuer, "bob", "user", sub="sub-of-the-first-bob")
+    with (
+        SseStream(f"{relay.url}/api/events/stream", headers=new_bob) as new,
+        SseStream(f"{relay.url}/api/events/stream", headers=old_bob) as old,
+    ):
+        assert new.next().event == old.next().event == "connected"
+        new_bobs = [status("bob", "w-cccc", 1, owner_sub="sub-of-the-second-bob")]
+        relay.publish(old_bobs + new_bobs)
+        assert old.wait_for(lambda e: e.event == "worker.status.updated").id == old_bobs[0].id
+        # The first event the new bob gets is his own; from the old one's id, resync.
+        assert new.wait_for(lambda e: e.event == "worker.status.updated").id == new_bobs[0].id
+    replayed = SseStream(
+        f"{relay.url}/api/events/stream", headers=new_bob | {"Last-Event-ID": first.id}
+    )
+    with replayed as again:
+        assert again.next().json()["replay"]["status"] == "resync"

@@ -288,13 +288,40 @@ def test_only_worker_events_travel_on_the_bus() -> None:
     }
 
 
-def test_the_json_carries_the_workerversion_and_owner_extensions() -> None:
-    document = as_dict(an_event(version=7, owner="bob"))
+def test_the_json_carries_the_workerversion_owner_and_ownersub_extensions() -> None:
+    document = as_dict(an_event(version=7, owner="bob", owner_sub="sub-of-bob"))
 
     assert document["workerversion"] == 7
     assert document["owner"] == "bob"
+    assert document["ownersub"] == "sub-of-bob"
     assert document["subject"] == "w-1"
     assert document["specversion"] == "1.0"
+
+
+def test_the_envelope_json_is_pinned_with_ownersub_last_and_absent_when_unknown() -> None:
+    """The bus, the event log and the relay's replay all read these bytes."""
+    payload = WorkerTerminated(worker_id="w-1", terminated_at=WHEN, terminated_by="ec2")
+    event = CloudEvent(
+        id="01a2b3c4-0000-7000-8000-000000000001",
+        source="urn:cmlfleet",
+        type="worker.terminated",
+        time=WHEN,
+        subject="w-1",
+        data=payload.model_dump(mode="json"),
+        workerversion=4,
+        owner="bob",
+    )
+    without = (
+        '{"specversion":"1.0","id":"01a2b3c4-0000-7000-8000-000000000001",'
+        '"source":"urn:cmlfleet","type":"worker.terminated","time":"2026-11-30T10:00:05Z",'
+        '"subject":"w-1","datacontenttype":"application/json","data":{"worker_id":"w-1",'
+        '"terminated_at":"2026-11-30T10:00:05Z","terminated_by":"ec2"},"workerversion":4,'
+        '"owner":"bob"'
+    )
+
+    assert event.to_json() == without + "}"
+    with_sub = event.model_copy(update={"ownersub": "sub-of-bob"})
+    assert with_sub.to_json() == without + ',"ownersub":"sub-of-bob"}'
 
 
 @pytest.mark.parametrize("bad_id", ["a\nb", "a\rb", "a b", "a\x00b", "é"])

@@ -114,6 +114,7 @@ def envelopes(draw: st.DrawFn) -> CloudEvent:
         data=payload.model_dump(mode="json"),
         workerversion=draw(st.integers(min_value=0, max_value=2**53)),
         owner=draw(NAME),
+        ownersub=draw(st.none() | NAME),
     )
 
 

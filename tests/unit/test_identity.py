@@ -61,10 +61,11 @@ def test_an_access_token_that_also_names_the_app_client_in_aud_is_accepted(
         assert verifier.verify(cognito.access_token("ada", "admin", aud=aud)).role == Role.ADMIN
 
 
-def test_an_id_token_for_several_audiences_including_ours_is_accepted(
+def test_an_id_token_for_several_audiences_issued_to_us_is_accepted(
     cognito: DevelopmentIssuer, verifier: TokenVerifier
 ) -> None:
-    token = cognito.token("ada", "admin", aud=["another-client", APP_CLIENT])
+    """Issued to us (`azp`): L6 refuses one without it (tests/unit/test_identity_edges.py)."""
+    token = cognito.token("ada", "admin", aud=["another-client", APP_CLIENT], azp=APP_CLIENT)
 
     assert verifier.verify(token).username == "ada"
 
@@ -152,8 +153,13 @@ class GenericIssuer:
     def verifier(self) -> TokenVerifier:
         public: dict[str, Any] = RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
         keys = StaticSigningKeys({"keys": [public | {"kid": self.kid, "alg": "RS256"}]})
+        # This issuer has no `cognito:username`: its users are owners by their `sub`.
         return TokenVerifier(
-            issuer=self.issuer, audience=APP_CLIENT, keys=keys, roles_claim="roles"
+            issuer=self.issuer,
+            audience=APP_CLIENT,
+            keys=keys,
+            roles_claim="roles",
+            owner_claim="sub",
         )
 
     def token(self, **claims: Any) -> str:
@@ -170,11 +176,13 @@ def generic() -> GenericIssuer:
     return GenericIssuer()
 
 
-@pytest.mark.parametrize("aud", [APP_CLIENT, ["another-api", APP_CLIENT]])
+@pytest.mark.parametrize(
+    "claims", [{"aud": APP_CLIENT}, {"aud": ["another-api", APP_CLIENT], "azp": APP_CLIENT}]
+)
 def test_another_issuers_token_naming_us_in_aud_is_accepted(
-    generic: GenericIssuer, aud: Any
+    generic: GenericIssuer, claims: dict[str, Any]
 ) -> None:
-    principal = generic.verifier().verify(generic.token(aud=aud))
+    principal = generic.verifier().verify(generic.token(**claims))
 
     assert (principal.subject, principal.username, principal.role) == ("u-1", "u-1", Role.USER)
 

@@ -41,7 +41,11 @@ def create_worker(
 ) -> WorkerView:
     """Launch a new worker from the CML AMI (admin)."""
     return container.commands.create(
-        principal, name=body.name, owner=body.owner, instance_type=body.instance_type
+        principal,
+        name=body.name,
+        owner=body.owner,
+        instance_type=body.instance_type,
+        owner_sub=body.owner_sub,
     )
 
 
@@ -51,7 +55,11 @@ def import_worker(
 ) -> WorkerView:
     """Adopt an existing instance as a worker (admin)."""
     return container.commands.import_instance(
-        principal, instance_id=body.instance_id, name=body.name, owner=body.owner
+        principal,
+        instance_id=body.instance_id,
+        name=body.name,
+        owner=body.owner,
+        owner_sub=body.owner_sub,
     )
 
 

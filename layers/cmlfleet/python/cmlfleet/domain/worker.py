@@ -40,6 +40,8 @@ class Worker(BaseModel):
     worker_id: str
     name: str = Field(min_length=1, max_length=128)
     owner: str = Field(min_length=1, max_length=256)
+    # The owner's immutable `sub`, when known: a later user given the same name is not them.
+    owner_sub: str | None = Field(default=None, min_length=1, max_length=256)
     status: WorkerStatus
     ec2_state: str | None = None
     ec2_state_at: UtcDateTime | None = None  # time of the EC2 report last applied
@@ -68,9 +70,13 @@ class Worker(BaseModel):
     version: int = Field(default=0, ge=0)
 
     def view(self) -> WorkerView:
-        """The worker as clients see it (before any per-role masking)."""
+        """The worker as clients see it (before any per-role masking).
+
+        Not `owner_sub`: it identifies a person at the identity provider, and no client
+        needs it (the relay reads it from the event's `ownersub` extension instead).
+        """
         return WorkerView.model_validate(
-            self.model_dump(exclude={"labs", "labs_refresh_claimed_at"})
+            self.model_dump(exclude={"labs", "labs_refresh_claimed_at", "owner_sub"})
         )
 
 
@@ -87,6 +93,7 @@ def register_worker(
     name: str,
     owner: str,
     now: datetime,
+    owner_sub: str | None = None,
     instance_id: str | None = None,
     instance_type: str | None = None,
     ami_id: str | None = None,
@@ -102,6 +109,7 @@ def register_worker(
         worker_id=worker_id or new_worker_id(),
         name=name,
         owner=owner,
+        owner_sub=owner_sub,
         status=status,
         ec2_state=ec2_state,
         # What EC2 reported at registration is as of now: older reports must not undo it.

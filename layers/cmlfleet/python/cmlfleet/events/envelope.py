@@ -20,7 +20,9 @@ class EnvelopeError(ValueError):
 
 
 class CloudEvent(BaseModel):
-    """One domain event: CloudEvents attributes plus `workerversion` and `owner` extensions."""
+    """One domain event: CloudEvents attributes plus `workerversion`, `owner` and `ownersub`
+    extensions (`ownersub`: the owner's `sub`, absent when not known; the relay lets a user
+    see the event only if both the name and, when present, the sub are theirs)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -35,6 +37,12 @@ class CloudEvent(BaseModel):
     data: dict[str, Any]
     workerversion: int = Field(ge=0)
     owner: str = Field(min_length=1, max_length=256)
+    ownersub: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("ownersub", mode="before")
+    @classmethod
+    def _empty_is_unknown(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("data")
     @classmethod
@@ -53,7 +61,9 @@ class CloudEvent(BaseModel):
         return BUS_EVENT_TYPES[self.type].model_validate(self.data)
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        # An extension without a value is left out (CloudEvents has no null attributes), so
+        # events of owners without a known sub keep the bytes they had before it existed.
+        return self.model_dump_json(exclude={"ownersub"} if self.ownersub is None else None)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CloudEvent:
@@ -78,6 +88,7 @@ def make_event(
     worker_id: str,
     version: int,
     owner: str,
+    owner_sub: str | None = None,
     source: str = DEFAULT_SOURCE,
     time: datetime | None = None,
 ) -> CloudEvent:
@@ -93,11 +104,18 @@ def make_event(
         data=payload.model_dump(mode="json"),
         workerversion=version,
         owner=owner,
+        ownersub=owner_sub,
     )
 
 
 def envelopes(
-    payloads: list[EventData], *, worker_id: str, owner: str, version: int, source: str
+    payloads: list[EventData],
+    *,
+    worker_id: str,
+    owner: str,
+    version: int,
+    source: str,
+    owner_sub: str | None = None,
 ) -> list[CloudEvent]:
     """Envelopes for the events of one change that brought the worker to `version`.
 
@@ -107,7 +125,14 @@ def envelopes(
     """
     first = version - len(payloads) + 1
     return [
-        make_event(payload, worker_id=worker_id, version=first + index, owner=owner, source=source)
+        make_event(
+            payload,
+            worker_id=worker_id,
+            version=first + index,
+            owner=owner,
+            owner_sub=owner_sub,
+            source=source,
+        )
         for index, payload in enumerate(payloads)
     ]
 

@@ -59,6 +59,7 @@ def save_change(
             change.events,
             worker_id=worker.worker_id,
             owner=worker.owner,
+            owner_sub=worker.owner_sub,
             version=change.worker.version,
             source=source,
         )
