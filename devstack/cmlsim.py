@@ -8,6 +8,10 @@ added and removed, CPU and memory drifting), so a seed and a sequence of ticks a
 give the same state. Responses follow the shapes of `reference/cml_v2.9_openapi.json`
 closely enough for the official `virl2-client` to log in and read labs and stats.
 
+It serves HTTPS with `start(tls=True)`: a self-signed certificate made at start, as a CML
+host has, that `renew_certificate()` replaces (a reinstalled host, or an impostor), so that
+pinning is exercised as on a real fleet.
+
 This is one module (longer than most) because the state and the routes serving it change
 together; the controller model comes first, the HTTP side after it.
 """
@@ -16,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import math
 import random
 import re
 import secrets
+import shutil
 import socket
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -30,9 +38,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -369,6 +382,10 @@ class CmlSimulator:
         self._lock = threading.RLock()
         self._closing = threading.Event()
         self.requests: Counter[str] = Counter()  # served requests, by worker key
+        self.logins: Counter[str] = Counter()  # login attempts (credentials seen), by key
+        self.certificate_pem: str | None = None  # what it presents, when serving HTTPS
+        self._tls_dir: Path | None = None
+        self._host = "127.0.0.1"
         self.app = Starlette(routes=self._routes())
         self.url = "http://cmlsim"  # what ASGI-transport tests use until `start()`
         self.port: int | None = None
@@ -422,9 +439,17 @@ class CmlSimulator:
     # -- serving ------------------------------------------------------------------------
 
     def start(
-        self, host: str = "127.0.0.1", port: int = 0, *, tick_every: float | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tick_every: float | None = None,
+        tls: bool = False,
     ) -> CmlSimulator:
-        """Serve under uvicorn in a thread; with `tick_every`, tick(60) that often (seconds)."""
+        """Serve under uvicorn in a thread; with `tick_every`, tick(60) that often (seconds).
+
+        With `tls`, over HTTPS with a self-signed certificate made now.
+        """
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )[0]
@@ -434,13 +459,20 @@ class CmlSimulator:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         self.port = int(listener.getsockname()[1])
-        self.url = f"http://{host}:{self.port}"
+        self._host = host
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+        certificate: dict[str, Any] = {}
+        if tls:
+            self._tls_dir = Path(tempfile.mkdtemp(prefix="cmlsim-tls-"))
+            certfile, keyfile = self._write_certificate(host)
+            certificate = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
         config = uvicorn.Config(
             self.app,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
             backlog=4096,
+            **certificate,
         )
         self._server = uvicorn.Server(config)
         server = threading.Thread(
@@ -466,6 +498,33 @@ class CmlSimulator:
         for thread in self._threads:
             thread.join(10)
         self._threads.clear()
+        if self._tls_dir is not None:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+            self._tls_dir = None
+
+    def renew_certificate(self) -> str:
+        """Present a new self-signed certificate from now on (new connections); its PEM."""
+        if self._server is None or self._tls_dir is None:
+            raise RuntimeError("the simulator is not serving HTTPS")
+        context = self._server.config.ssl
+        assert isinstance(context, ssl.SSLContext)
+        certfile, keyfile = self._write_certificate(self._host)
+        context.load_cert_chain(certfile, keyfile)  # what the next handshakes present
+        assert self.certificate_pem is not None
+        return self.certificate_pem
+
+    def _write_certificate(self, host: str) -> tuple[Path, Path]:
+        """A new key and self-signed certificate for `host`, as files (uvicorn loads files)."""
+        assert self._tls_dir is not None
+        pem, key = self_signed_certificate(host)
+        serial = len(list(self._tls_dir.iterdir()))
+        certfile = self._tls_dir / f"cert-{serial}.pem"
+        keyfile = self._tls_dir / f"key-{serial}.pem"
+        certfile.write_text(pem)
+        keyfile.write_bytes(key)
+        keyfile.chmod(0o600)
+        self.certificate_pem = pem
+        return certfile, keyfile
 
     def _tick_every(self, interval: float) -> None:
         while not self._closing.wait(interval):
@@ -536,6 +595,7 @@ class CmlSimulator:
         )
 
     def _login(self, cml: VirtualCml, body: Any) -> str | Response:
+        self.logins[cml.key] += 1
         if not isinstance(body, dict) or not {"username", "password"} <= body.keys():
             return _error(422, "username and password are required")
         if cml.fault == "refuse_auth" or (body["username"], body["password"]) != (
@@ -589,6 +649,37 @@ async def _json_body(request: Request) -> Any:
 def _bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token if scheme.lower() == "bearer" and token else None
+
+
+def self_signed_certificate(host: str) -> tuple[str, bytes]:
+    """A self-signed certificate for `host` (PEM) and its key (PEM), as a CML host makes one.
+
+    An EC P-256 key: made in a millisecond, where RSA takes tens of them.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cml-simulator")])
+    try:
+        alternative: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alternative = x509.DNSName(host)
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName([alternative]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem
 
 
 def _jwt_like(subject: str) -> str:

@@ -21,8 +21,7 @@ metrics = Metrics()
 
 async def run() -> RunResult:
     settings = load_settings()
-    credentials = await asyncio.to_thread(bootstrap.cml_credentials)
-    async with bootstrap.cml_client(credentials) as cml:
+    async with bootstrap.cml_client() as cml:
         return await refresh_labs(
             bootstrap.worker_repository(),
             cml,

@@ -46,6 +46,11 @@ EXPECTED = {
     ("EventPublisherFunction", "sns:Publish"),
     ("MetricsCollectorFunction", "cloudwatch:GetMetricData"),
     ("MetricsCollectorFunction", "secretsmanager:GetSecretValue"),
+    # The workers' CML certificates: read and pinned by the collectors, confirmed by the API.
+    ("MetricsCollectorFunction", "dynamodb:GetItem"),
+    ("MetricsCollectorFunction", "dynamodb:PutItem"),
+    ("LabsRefreshFunction", "dynamodb:GetItem"),
+    ("ApiFunction", "dynamodb:GetItem"),
     ("LabsRefreshFunction", "dynamodb:PutItem"),
     ("QueueReaperFunction", "sqs:ListQueues"),
     ("QueueReaperFunction", "sqs:DeleteQueue"),
@@ -105,7 +110,12 @@ def drive_every_path(fleet: FleetStack) -> None:
             {"ResourceType": "instance", "Tags": [{"Key": IMPORTABLE_TAG, "Value": "true"}]}
         ],
     )["Instances"][0]["InstanceId"]
-    call(fleet, "POST", "/api/workers/import", {"instance_id": instance_id})
+    imported = call(fleet, "POST", "/api/workers/import", {"instance_id": instance_id})
+    # Its CML certificate, fetched by a collector (nothing else is sent), then confirmed.
+    pin_path = f"/api/workers/{imported['worker_id']}/cml-certificate"
+    pin = eventually(lambda: call(fleet, "GET", pin_path), lambda p: p["sha256"], timeout=60)
+    assert pin["state"] == "pending"
+    call(fleet, "POST", pin_path + "/confirm", {"sha256": pin["sha256"]})
     # A stream ticket, redeemed by the relay, resuming from the event log.
     ticket = call(fleet, "POST", "/api/events/tickets")["ticket"]
     cursor = "01000000-0000-7000-8000-000000000000"  # older than the ring: the log is read

@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from cmlfleet.adapters.cloudwatch import CloudWatchLoadReader
 from cmlfleet.adapters.repository import InMemoryWorkerRepository
-from cmlfleet.cml.errors import CmlError
+from cmlfleet.cml.errors import CmlError, NotAdmittedError
 from cmlfleet.cml.models import SystemStats
 from cmlfleet.domain.load import MetricsPolicy, MetricsSample, apply_labs, apply_metrics, diff_labs
 from cmlfleet.domain.status import WorkerStatus
@@ -53,6 +53,11 @@ class FakeCml:
         self.cpu = 20.0
         self.labs_by_endpoint: dict[str, list[LabSummary]] = {}
         self.calls = 0
+        self.refused: set[str] = set()  # endpoints not admitted (no call may follow)
+
+    async def admit(self, worker_id: str, endpoint: str) -> None:
+        if endpoint in self.refused:
+            raise NotAdmittedError(endpoint, "awaits an admin's confirmation")
 
     async def _answer(self, endpoint: str) -> None:
         self.calls += 1
@@ -201,6 +206,21 @@ def test_a_failing_worker_is_reported_and_the_others_are_still_measured() -> Non
     assert result.failed[victim].endswith("HTTP 500 from system_stats")
     assert (result.saved, result.unchanged) == (3, 1)  # with no numbers, nothing to save
     assert repository.get(victim).running_nodes is None  # type: ignore[union-attr]
+
+
+def test_m3_a_worker_not_admitted_is_never_called_and_the_others_are_measured() -> None:
+    repository, cml = fleet(3), FakeCml()
+    refused = repository.list_workers()[0]
+    cml.refused.add(endpoint(refused))
+    result = collect(repository, cml)
+    assert list(result.failed) == [refused.worker_id]
+    assert "awaits an admin's confirmation" in result.failed[refused.worker_id]
+    assert cml.calls == 2  # the refused worker's CML got no call
+    labs = asyncio.run(
+        refresh_labs(repository, cml, endpoint_for=endpoint, now=NOW, source="urn:test")
+    )
+    assert list(labs.failed) == [refused.worker_id]
+    assert cml.calls == 4
 
 
 def test_a_hanging_worker_costs_the_run_only_its_deadline() -> None:

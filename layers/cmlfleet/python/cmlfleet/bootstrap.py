@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from datetime import timedelta
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 from cmlfleet.adapters import aws
@@ -17,6 +18,7 @@ from cmlfleet.settings import ConfigurationError, load_settings
 if TYPE_CHECKING:  # the CML client (httpx) is imported by the functions that call CML only
     from cmlfleet.cml.client import CmlClient, CmlSharedState
     from cmlfleet.cml.models import CmlCredentials
+    from cmlfleet.cml.trust import CmlTrust
 
 
 @lru_cache(maxsize=1)
@@ -44,6 +46,7 @@ def reset() -> None:
     event_publisher.cache_clear()
     ec2_fleet.cache_clear()
     _secrets.cache_clear()
+    _warn_unverified.cache_clear()
     aws.reset_clients()
 
 
@@ -55,11 +58,19 @@ def reset() -> None:
 process_scope: ContextVar[str] = ContextVar("cmlfleet_process_scope", default="")
 
 
-def cml_credentials() -> CmlCredentials:
-    """The CML username and password from Secrets Manager (cached by Powertools for 5 min)."""
+def cml_credentials(worker_id: str | None = None) -> CmlCredentials:
+    """The CML username and password from Secrets Manager (cached by Powertools for 5 min).
+
+    With `{worker_id}` in CML_CREDENTIALS_SECRET, each worker has a secret of its own, so
+    a host that leaks its login leaks no other worker's.
+    """
     name = load_settings().cml_credentials_secret
     if not name:
         raise ConfigurationError("CML_CREDENTIALS_SECRET is not set")
+    if "{worker_id}" in name:
+        if not worker_id:
+            raise ConfigurationError("CML_CREDENTIALS_SECRET is per worker: name the worker")
+        name = name.replace("{worker_id}", worker_id)
     secret = _secrets(process_scope.get()).get(name, transform="json", max_age=300)
     if not isinstance(secret, dict) or not {"username", "password"} <= secret.keys():
         raise ConfigurationError(f"secret {name} must be JSON with username and password")
@@ -97,19 +108,50 @@ def cml_endpoint(worker: Worker) -> str | None:
     return template.format(**{k: v or "" for k, v in fields.items()})
 
 
-def cml_client(credentials: CmlCredentials | None = None) -> CmlClient:
+def cml_client() -> CmlClient:
     """A CML client for one invocation's event loop; tokens are kept across invocations.
 
-    Pass the credentials when calling from a running loop (fetch them with
-    `asyncio.to_thread(cml_credentials)`): the secret lookup blocks.
+    It sends nothing to a worker its trust has not admitted (`CmlClient.admit`), and each
+    admitted worker gets its own credentials (looked up at login, in a thread).
     """
     from cmlfleet.cml.client import CmlClient
 
     settings = load_settings()
     client = CmlClient(
-        (lambda: credentials) if credentials is not None else cml_credentials,
+        cml_credentials,
         timeout=settings.cml_timeout_seconds,
         verify_tls=settings.cml_verify_tls,
+        trust=cml_trust(),
     )
     client.share_state_with(_cml_shared(process_scope.get()))
     return client
+
+
+def cml_trust() -> CmlTrust:
+    """How the workers' certificates are checked: pinned (default), a CA's, or not at all."""
+    from cmlfleet.cml.trust import CmlTrust
+
+    settings = load_settings()
+    mode = settings.cml_trust_mode
+    if mode == "off":
+        _warn_unverified()
+    if mode == "ca" and not os.path.isfile(settings.cml_ca_bundle):
+        raise ConfigurationError(f"CML_CA_BUNDLE {settings.cml_ca_bundle} is not a file")
+    return CmlTrust(
+        mode,
+        lambda worker_id: partial(cml_credentials, worker_id),
+        store=worker_repository() if mode == "pin" else None,
+        ca_bundle=settings.cml_ca_bundle or None,
+        check_hostname=settings.cml_ca_check_hostname,
+        timeout=settings.cml_timeout_seconds,
+    )
+
+
+@cache
+def _warn_unverified() -> None:
+    from aws_lambda_powertools import Logger
+
+    Logger(child=True).warning(
+        "CML_VERIFY_TLS=false: the workers' CML certificates are not verified, and their "
+        "credentials go to whatever answers at their address"
+    )

@@ -7,7 +7,9 @@ Table layout (one table, `pk`/`sk`):
   in `event`, and `expires_at` for TTL. These items are the outbox: the table's stream
   feeds the publisher, and the same items are the event log the relay replays from;
 - throttle: pk=`THROTTLE`, sk=`labs#<worker id>`, the last manual labs refresh (TTL);
-- instance: pk=`INSTANCE`, sk=<instance id>, written with a new worker: one worker each.
+- instance: pk=`INSTANCE`, sk=<instance id>, written with a new worker: one worker each;
+- CML certificate: pk=`CMLCERT`, sk=<worker id>, the worker's pinned TLS certificate
+  (`domain/certificate.py`), kept beside the worker item, which a save replaces whole.
 A worker and the events of its change are written in one `TransactWriteItems`.
 (Stream tickets live in the same table too: `adapters/tickets.py`.)
 """
@@ -24,12 +26,14 @@ from typing import Any, Protocol
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from cmlfleet.domain.certificate import CmlCertificate
 from cmlfleet.domain.worker import Worker
 from cmlfleet.events.envelope import CloudEvent
 
 WORKER_PK = "WORKER"
 THROTTLE_PK = "THROTTLE"
 INSTANCE_PK = "INSTANCE"
+CML_CERTIFICATE_PK = "CMLCERT"
 EVENTS_PK_PREFIX = "EVENTS#"
 INSTANCE_INDEX = "ByInstanceId"
 # Cancellation reasons that say "not now" rather than "not so" (DynamoDB API reference,
@@ -58,7 +62,17 @@ class InstanceTakenError(RuntimeError):
     """Another worker already has this EC2 instance."""
 
 
-class WorkerRepository(Protocol):
+class CmlCertificateStore(Protocol):
+    """The port for the workers' pinned CML certificates (not part of the worker)."""
+
+    def get_cml_certificate(self, worker_id: str) -> CmlCertificate | None: ...
+
+    def put_cml_certificate(
+        self, certificate: CmlCertificate, *, replacing: CmlCertificate | None
+    ) -> bool: ...
+
+
+class WorkerRepository(CmlCertificateStore, Protocol):
     """The port the services use to load and save workers with their events."""
 
     def get(self, worker_id: str) -> Worker | None: ...
@@ -207,6 +221,33 @@ class DynamoDbWorkerRepository:
             raise
         return True
 
+    def get_cml_certificate(self, worker_id: str) -> CmlCertificate | None:
+        response = self._client.get_item(
+            TableName=self._table,
+            Key={"pk": {"S": CML_CERTIFICATE_PK}, "sk": {"S": worker_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return CmlCertificate.model_validate(_deserialize(item)) if item else None
+
+    def put_cml_certificate(
+        self, certificate: CmlCertificate, *, replacing: CmlCertificate | None
+    ) -> bool:
+        """Store the pin if the stored one is still `replacing`; False if it changed.
+
+        A compare-and-set on (state, fingerprint): when two collectors make first contact
+        at once, the first pin stays, and a confirmation applies only to the pin confirmed.
+        """
+        key = {"pk": CML_CERTIFICATE_PK, "sk": certificate.worker_id, "kind": "cml_certificate"}
+        item = _serialize(key | certificate.model_dump(mode="json", exclude_none=True))
+        try:
+            self._client.put_item(TableName=self._table, Item=item, **_pin_condition(replacing))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def _put_worker(self, worker: Worker, expected_version: int) -> dict[str, Any]:
         put: dict[str, Any] = {"TableName": self._table, "Item": _worker_to_item(worker)}
         if expected_version == 0:
@@ -245,6 +286,7 @@ class InMemoryWorkerRepository:
     events: list[CloudEvent] = field(default_factory=list)
     claims: dict[str, float] = field(default_factory=dict)
     instances: set[str] = field(default_factory=set)
+    certificates: dict[str, CmlCertificate] = field(default_factory=dict)
 
     def get(self, worker_id: str) -> Worker | None:
         return self.workers.get(worker_id)
@@ -279,6 +321,41 @@ class InMemoryWorkerRepository:
             return False
         self.claims[worker_id] = now
         return True
+
+    def get_cml_certificate(self, worker_id: str) -> CmlCertificate | None:
+        return self.certificates.get(worker_id)
+
+    def put_cml_certificate(
+        self, certificate: CmlCertificate, *, replacing: CmlCertificate | None
+    ) -> bool:
+        current = self.certificates.get(certificate.worker_id)
+        if (current is None) != (replacing is None) or (
+            current is not None
+            and replacing is not None
+            and (current.state, current.sha256) != (replacing.state, replacing.sha256)
+        ):
+            return False
+        self.certificates[certificate.worker_id] = certificate
+        return True
+
+
+def _pin_condition(replacing: CmlCertificate | None) -> dict[str, Any]:
+    """The condition that the stored pin is still `replacing` (or that there is none)."""
+    if replacing is None:
+        return {"ConditionExpression": "attribute_not_exists(pk)"}
+    same_state = {"ExpressionAttributeNames": {"#state": "state"}}
+    if replacing.sha256 is None:
+        return same_state | {
+            "ConditionExpression": "#state = :state AND attribute_not_exists(sha256)",
+            "ExpressionAttributeValues": {":state": {"S": replacing.state}},
+        }
+    return same_state | {
+        "ConditionExpression": "#state = :state AND sha256 = :sha256",
+        "ExpressionAttributeValues": {
+            ":state": {"S": replacing.state},
+            ":sha256": {"S": replacing.sha256},
+        },
+    }
 
 
 def _worker_to_item(worker: Worker) -> dict[str, Any]:

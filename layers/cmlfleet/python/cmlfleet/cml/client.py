@@ -4,11 +4,17 @@ One `CmlClient` serves every worker: an endpoint is a controller's base URL
 (`https://10.0.1.5`, or `http://127.0.0.1:9000/workers/w1` for the simulator). Per
 endpoint it keeps one bearer token (logging in again once on a 401) and one circuit
 breaker; `RetryingSender` bounds and retries each request.
+
+With a `CmlTrust`, an endpoint gets no request until `admit` let it in: the admission
+gives the endpoint its own TLS verification (one httpx client per SSL context, so a pinned
+certificate is checked at the handshake, before any byte of a request) and its worker's
+credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,14 +26,17 @@ from typing import Any, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
+from aws_lambda_powertools import Logger
 
 from cmlfleet.cml.breaker import Circuit, CircuitBreaker
-from cmlfleet.cml.errors import CmlError
+from cmlfleet.cml.errors import CmlError, NotAdmittedError, UntrustedCertificateError
 from cmlfleet.cml.models import CmlCredentials, SystemStats, parse_lab, parse_system_stats
 from cmlfleet.cml.transport import RetryingSender, detail, json_body
+from cmlfleet.cml.trust import Admission, CmlTrust
 from cmlfleet.events.catalog import LabSummary
 
 API = "/api/v0/"
+logger = Logger(child=True)
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -44,6 +53,9 @@ class CmlSharedState:
 
     tokens: dict[str, str] = field(default_factory=dict)
     circuits: dict[str, Circuit] = field(default_factory=dict)
+    # Whose each token is (worker and pin): an address reused by another worker, or a
+    # worker re-pinned, must not be sent a token another host issued.
+    holders: dict[str, str] = field(default_factory=dict)
 
 
 class CmlClient:
@@ -56,7 +68,8 @@ class CmlClient:
         timeout: float = 5.0,
         retries: int = 2,
         backoff: float = 0.2,
-        verify_tls: bool = False,
+        verify_tls: bool = True,
+        trust: CmlTrust | None = None,
         breaker_threshold: int = 3,
         breaker_cooldown: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -64,21 +77,23 @@ class CmlClient:
         max_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # `credentials` is called at each login, so a rotated secret is picked up.
+        # `credentials` is called at each login, so a rotated secret is picked up; an
+        # admission's own credentials (its worker's) come first.
         self._credentials = credentials
         self._lab_concurrency = max(1, lab_concurrency)
-        # CML ships a self-signed certificate, hence verification off unless asked for.
-        self._http = httpx.AsyncClient(
-            verify=verify_tls,
-            timeout=float(timeout),
-            transport=transport,
-            headers={"Accept": "application/json"},
-            limits=httpx.Limits(
+        self._verify, self._trust = verify_tls, trust
+        self._admissions: dict[str, Admission] = {}
+        self._http_options: dict[str, Any] = {
+            "timeout": float(timeout),
+            "transport": transport,
+            "headers": {"Accept": "application/json"},
+            "limits": httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-        )
+        }
+        # One httpx client per way of verifying (made on first use), kept with that way.
+        self._clients: dict[int, tuple[ssl.SSLContext | bool, httpx.AsyncClient]] = {}
         self._sender = RetryingSender(
-            self._http,
             timeout=float(timeout),
             retries=retries,
             backoff=backoff,
@@ -87,6 +102,7 @@ class CmlClient:
         self._breaker_settings = (breaker_threshold, breaker_cooldown, clock)
         self._breaker = CircuitBreaker(*self._breaker_settings)
         self._tokens: dict[str, str] = {}
+        self._holders: dict[str, str] = {}
         self._login_locks: dict[str, asyncio.Lock] = {}
         self.calls: Counter[str] = self._sender.calls
 
@@ -102,13 +118,33 @@ class CmlClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        clients = [http for _, http in self._clients.values()]
+        self._clients.clear()
+        for http in clients:
+            await http.aclose()
 
     def share_state_with(self, shared: CmlSharedState) -> None:
         """Keep tokens and circuits in `shared` (call before the first request)."""
         shared.tokens.update(self._tokens)
         self._tokens = shared.tokens
+        self._holders = shared.holders
         self._breaker = CircuitBreaker(*self._breaker_settings, circuits=shared.circuits)
+
+    async def admit(self, worker_id: str, endpoint: str) -> None:
+        """Let the worker's endpoint in, as the trust decides; `CmlError` if it may not be.
+
+        Without a trust, every endpoint is let in as configured (`verify_tls`).
+        """
+        if self._trust is None:
+            return
+        base = _base(endpoint)
+        self._admissions.pop(base, None)  # refused now: refused, whatever was let in before
+        admission = await self._trust.admission(worker_id, base)
+        holder = f"{worker_id} {admission.pin or ''}"
+        if self._holders.get(base) != holder:
+            self._tokens.pop(base, None)
+            self._holders[base] = holder
+        self._admissions[base] = admission
 
     async def system_information(self, endpoint: str) -> dict[str, Any]:
         """Version and readiness; CML answers it without a login, so it is the cheap probe."""
@@ -149,6 +185,8 @@ class CmlClient:
         """Drop the token and circuit of an endpoint that is gone (a terminated worker)."""
         base = _base(endpoint)
         self._tokens.pop(base, None)
+        self._holders.pop(base, None)
+        self._admissions.pop(base, None)
         self._login_locks.pop(base, None)
         self._breaker.forget(base)
 
@@ -192,15 +230,13 @@ class CmlClient:
         """GET a JSON body; with a login first if needed and a second one after a 401."""
         url = base + API + (path or kind)
         if not authenticated:
-            return json_body(
-                base, kind, await self._sender.send(base, kind, "GET", url, params=params)
-            )
+            return json_body(base, kind, await self._send(base, kind, "GET", url, params=params))
         token = await self._token(base)
-        response = await self._sender.send(base, kind, "GET", url, token=token, params=params)
+        response = await self._send(base, kind, "GET", url, token=token, params=params)
         if response.status_code == httpx.codes.UNAUTHORIZED:
             # The token expired or the controller restarted: log in again, once.
             token = await self._token(base, stale=token)
-            response = await self._sender.send(base, kind, "GET", url, token=token, params=params)
+            response = await self._send(base, kind, "GET", url, token=token, params=params)
             if response.status_code == httpx.codes.UNAUTHORIZED:
                 raise CmlError(base, f"HTTP 401 from {kind} after a fresh login", status=401)
         return json_body(base, kind, response)
@@ -219,16 +255,56 @@ class CmlClient:
             return token
 
     async def _authenticate(self, base: str) -> str:
-        credentials = self._credentials()
+        admission = self._admissions.get(base)
+        source = admission.credentials if admission is not None else self._credentials
+        credentials = await asyncio.to_thread(source)  # a secret lookup blocks
         login = {"username": credentials.username, "password": credentials.password}
         url = base + API + "authenticate"
-        response = await self._sender.send(base, "authenticate", "POST", url, json=login)
+        response = await self._send(base, "authenticate", "POST", url, json=login)
         if response.status_code in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
             raise CmlError(base, "authentication refused", status=response.status_code)
         token = json_body(base, "authenticate", response)
         if not isinstance(token, str) or not token:
             raise CmlError(base, "unexpected authenticate response (no token)")
         return token
+
+    async def _send(
+        self, base: str, kind: str, method: str, url: str, **options: Any
+    ) -> httpx.Response:
+        """One request through the endpoint's own client (and so its TLS verification)."""
+        admission = self._admissions.get(base)
+        if self._trust is not None and admission is None:
+            raise NotAdmittedError(base, "not admitted (admit() it first); nothing was sent")
+        verify = admission.verify if admission is not None else self._verify
+        try:
+            return await self._sender.send(
+                self._http_for(verify), base, kind, method, url, **options
+            )
+        except UntrustedCertificateError as error:
+            if admission is None:
+                raise
+            worker_id = admission.worker_id
+            logger.warning(
+                "CML certificate refused; nothing sent", worker_id=worker_id, reason=error.reason
+            )
+            if admission.mode != "pin":
+                raise
+            raise UntrustedCertificateError(
+                base,
+                f"its TLS certificate changed since it was pinned ({error.refusal}), nothing "
+                f"was sent; if the CML host was reinstalled, re-pin it: DELETE "
+                f"/api/workers/{worker_id}/cml-certificate",
+                refusal=error.refusal,
+            ) from None
+
+    def _http_for(self, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+        key = id(verify) if isinstance(verify, ssl.SSLContext) else int(verify)
+        known = self._clients.get(key)
+        if known is None:
+            # The context is kept next to its client, so its id is not reused meanwhile.
+            known = (verify, httpx.AsyncClient(verify=verify, **self._http_options))
+            self._clients[key] = known
+        return known[1]
 
 
 def _base(endpoint: str) -> str:

@@ -24,3 +24,28 @@ class CmlError(Exception):
 
 class CircuitOpenError(CmlError):
     """The endpoint failed too often lately; the call was refused without any request."""
+
+
+class UntrustedCertificateError(CmlError):
+    """The endpoint's TLS certificate failed verification: nothing was sent, nor retried.
+
+    Under pinning this means the certificate changed since first contact. Not the
+    endpoint's ill health either, so the circuit breaker leaves it alone (and each run
+    keeps saying why, rather than "circuit open").
+    """
+
+    def __init__(self, endpoint: str, reason: str, *, refusal: str = "") -> None:
+        super().__init__(endpoint, reason)
+        self.refusal = refusal  # OpenSSL's words ("self-signed certificate")
+
+    @property
+    def endpoint_at_fault(self) -> bool:
+        return False
+
+
+class NotAdmittedError(CmlError):
+    """The worker may not be sent anything yet (awaiting confirmation, or nothing to pin)."""
+
+    @property
+    def endpoint_at_fault(self) -> bool:
+        return False  # our decision, not the endpoint's failure

@@ -3,7 +3,9 @@
 One run covers the whole fleet. CloudWatch is read in batches; the CML API of each worker
 is called concurrently with a bound and a deadline, so a worker whose CML hangs or fails
 costs the run at most its deadline and never fails the others: the result says which
-workers failed and why.
+workers failed and why. Each worker is admitted first (`CmlSource.admit`): one whose TLS
+certificate is not the pinned one, or still awaits an admin's confirmation, is skipped
+before anything is sent to it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class NodeStats(Protocol):
 
 class CmlSource(Protocol):
     """The part of the CML client the collectors use."""
+
+    async def admit(self, worker_id: str, endpoint: str) -> None: ...
 
     async def system_stats(self, endpoint: str) -> Any: ...
 
@@ -100,7 +104,8 @@ async def collect_metrics(
     result.aws_calls = cloudwatch.calls - calls_before
     stats = await _each(
         workers,
-        lambda endpoint: cml.system_stats(endpoint),
+        cml,
+        cml.system_stats,
         endpoint_for,
         result,
         concurrency,
@@ -139,7 +144,8 @@ async def refresh_labs(
     result = RunResult(workers=len(workers))
     labs = await _each(
         workers,
-        lambda endpoint: cml.labs(endpoint),
+        cml,
+        cml.labs,
         endpoint_for,
         result,
         concurrency,
@@ -165,15 +171,20 @@ async def refresh_labs(
 
 async def _each(
     workers: list[Worker],
+    cml: CmlSource,
     call: Callable[[str], Awaitable[Any]],
     endpoint_for: EndpointFor,
     result: RunResult,
     concurrency: int,
     deadline: float,
 ) -> dict[str, Any]:
-    """`call(endpoint)` for every worker, at most `concurrency` at a time, each bounded."""
+    """`call(endpoint)` for every worker admitted, `concurrency` at a time, each bounded."""
     gate = asyncio.Semaphore(concurrency)
     answers: dict[str, Any] = {}
+
+    async def admitted_call(worker_id: str, endpoint: str) -> Any:
+        await cml.admit(worker_id, endpoint)
+        return await call(endpoint)
 
     async def one(worker: Worker) -> None:
         try:
@@ -187,7 +198,9 @@ async def _each(
         async with gate:
             result.cml_calls += 1
             try:
-                answers[worker.worker_id] = await asyncio.wait_for(call(endpoint), deadline)
+                answers[worker.worker_id] = await asyncio.wait_for(
+                    admitted_call(worker.worker_id, endpoint), deadline
+                )
             except TimeoutError:
                 result.failed[worker.worker_id] = f"CML did not answer within {deadline:g} s"
             except Exception as error:  # one worker's failure is reported, never raised
