@@ -447,13 +447,22 @@ def _run_instances(params: Mapping[str, Any], arns: Arns, lookup: Lookup) -> lis
         arns.of("ec2", f"image/{params['ImageId']}", account=False),
         arns.of("ec2", f"volume/{NEW_VOLUME_ID}"),
         arns.of("ec2", f"network-interface/{NEW_INTERFACE_ID}"),
+        # Without them, EC2 takes the default subnet and the VPC's default group, which
+        # IAM authorizes as well: placeholders stand for those.
         arns.of("ec2", f"subnet/{params.get('SubnetId', 'subnet-00000000')}"),
-        *(arns.of("ec2", f"security-group/{g}") for g in params.get("SecurityGroupIds", [])),
     ]
     if params.get("KeyName"):
         resources.append(arns.of("ec2", f"key-pair/{params['KeyName']}"))
     requests = [_request("ec2:RunInstances", instance, instance_context)]
     requests += [_request("ec2:RunInstances", resource) for resource in resources]
+    for group in params.get("SecurityGroupIds") or ["sg-00000000"]:
+        requests.append(
+            _request(
+                "ec2:RunInstances",
+                arns.of("ec2", f"security-group/{group}"),
+                {"ec2:SecurityGroupID": group},
+            )
+        )
     if tags:  # tags at launch are authorized as CreateTags with ec2:CreateAction
         context = tagging | {"ec2:CreateAction": "RunInstances"}
         requests.append(_request("ec2:CreateTags", instance, context))

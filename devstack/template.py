@@ -152,7 +152,10 @@ class TemplateRulesError(ValueError):
 
 def rule_violations(cfn: dict[str, Any], parameters: dict[str, str]) -> list[str]:
     """The `AssertDescription` of every rule assertion the parameters fail."""
-    values = _parameter_values(cfn, parameters)
+    values: dict[str, Any] = dict(_parameter_values(cfn, parameters))
+    for name, spec in cfn.get("Parameters", {}).items():
+        if spec.get("Type") == "CommaDelimitedList" and name in values:
+            values[name] = values[name].split(",")  # Fn::Contains matches items, not text
     failed = []
     for rule in cfn.get("Rules", {}).values():
         condition = rule.get("RuleCondition")
@@ -164,8 +167,9 @@ def rule_violations(cfn: dict[str, Any], parameters: dict[str, str]) -> list[str
     return failed
 
 
-def _rule_holds(node: Any, values: dict[str, str]) -> bool:
-    """A rule function, as CloudFormation evaluates it (parameter values are strings)."""
+def _rule_holds(node: Any, values: dict[str, Any]) -> bool:
+    """A rule function, as CloudFormation evaluates it (parameter values are strings,
+    lists for a CommaDelimitedList)."""
 
     def value(item: Any) -> Any:
         if isinstance(item, dict) and set(item) == {"Ref"}:
@@ -254,6 +258,7 @@ def localize(
     secrets = _take_out_secrets(cfn, stack_name)
     dropped = _drop_what_moto_cannot_create(cfn)
     _give_local_values(cfn, parameters or {})
+    _split_list_defaults(cfn)
     _add_local_network(cfn)
     return LocalTemplate(
         cfn,
@@ -319,6 +324,14 @@ def _give_local_values(cfn: dict[str, Any], given: dict[str, str]) -> None:
         spec = cfn.get("Parameters", {}).get(name)
         if spec is not None and name not in given:
             spec["Default"] = value
+
+
+def _split_list_defaults(cfn: dict[str, Any]) -> None:
+    """moto splits a CommaDelimitedList parameter's given value but not its default (a
+    `Ref` to it would be one string): give the default as the list CloudFormation makes."""
+    for spec in cfn.get("Parameters", {}).values():
+        if spec.get("Type") == "CommaDelimitedList" and isinstance(spec.get("Default"), str):
+            spec["Default"] = spec["Default"].split(",")
 
 
 def _add_local_network(cfn: dict[str, Any]) -> None:

@@ -17,6 +17,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from relay.settings import RelaySettings
 
+# A year, subdomains included: the dashboard's origin is HTTPS only.
+HSTS = "max-age=31536000; includeSubDomains"
+
 
 def dashboard_config(settings: RelaySettings) -> dict[str, Any]:
     """What the page needs to sign a user in: public values only (no secrets exist here)."""
@@ -77,6 +80,9 @@ class DashboardFiles:
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
             "Cache-Control": "no-cache",
+            # Browsers ignore it over plain HTTP (RFC 6797, 8.1), so the local stack is
+            # unaffected; the load balancer's HTTPS listener sends the same.
+            "Strict-Transport-Security": HSTS,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -32,7 +32,7 @@ from tests.api.shared_fleet import Fleet, running_fleet
 from tests.hypothesis_profiles import scaled
 
 # The schema as the app publishes it; the requests go to the app of the `fleet` fixture.
-schema = schemathesis.openapi.from_asgi("/api/openapi.json", create_app())
+schema = schemathesis.openapi.from_asgi("/api/openapi.json", create_app(docs=True))
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], allow_x00=True
 )

@@ -350,3 +350,78 @@ def test_each_stacks_roles_may_act_on_its_own_resources_and_on_none_of_the_other
                 + iamsim.format_denial(what, request, result, policies[request.role])
             )
     assert not wrong, "\n\n".join(wrong)
+
+
+# ---- what the API may launch, and where (finding L7) ----------------------------------
+
+
+def launch_environment(deployed: Deployed) -> dict[str, str]:
+    """The API function's settings for launches, as the stack set them."""
+    name = deployed.physical("ApiFunction")
+    lambda_client = deployed.stack.client("lambda")
+    variables = lambda_client.get_function_configuration(FunctionName=name)["Environment"]
+    return dict(variables["Variables"])
+
+
+def launch_requests(own: Deployed, other: Deployed) -> list[tuple[str, iamsim.IamRequest, bool]]:
+    """(what, RunInstances request, allowed?) as the API makes them, one resource each."""
+    mine, theirs = launch_environment(own), launch_environment(other)
+    role = own.policies["ApiFunction"]
+    ec2 = f"arn:aws:ec2:us-east-1:{ACCOUNT_ID}"
+    launched = {
+        "aws:RequestTag/cmlfleet:stack": own.stack.stack_name,
+        "aws:TagKeys": ["cmlfleet:stack"],
+        "ec2:MetadataHttpTokens": "required",
+    }
+    (own_group,) = mine["WORKER_SECURITY_GROUP_IDS"].split(",")
+    (their_group,) = theirs["WORKER_SECURITY_GROUP_IDS"].split(",")
+    cases: list[tuple[str, str, dict[str, Any], bool]] = [
+        ("the default type", "instance/i-0", launched | {"ec2:InstanceType": "m5zn.metal"}, True),
+        ("another allowed type", "instance/i-0", launched | {"ec2:InstanceType": "c5.metal"}, True),
+        ("a p5.48xlarge", "instance/i-0", launched | {"ec2:InstanceType": "p5.48xlarge"}, False),
+        ("no type condition met", "instance/i-0", launched, False),
+        ("into its subnet", f"subnet/{mine['WORKER_SUBNET_ID']}", {}, True),
+        ("into the other's subnet", f"subnet/{theirs['WORKER_SUBNET_ID']}", {}, False),
+        ("into another subnet", "subnet/subnet-0123456789abcdef0", {}, False),
+        ("with its group", f"security-group/{own_group}", {"ec2:SecurityGroupID": own_group}, True),
+        (
+            "with the other's group",
+            f"security-group/{their_group}",
+            {"ec2:SecurityGroupID": their_group},
+            False,
+        ),
+        (
+            "with the VPC's default group",
+            "security-group/sg-00000000",
+            {"ec2:SecurityGroupID": "sg-00000000"},
+            False,
+        ),
+    ]
+    return [
+        (
+            f"launch {what}",
+            iamsim.IamRequest(
+                id=str(index),
+                role=role.role_id,
+                principal=role.role_arn,
+                action="ec2:RunInstances",
+                resource=f"{ec2}:{resource}",
+                account_id=ACCOUNT_ID,
+                context=context,
+            ),
+            allowed,
+        )
+        for index, (what, resource, context, allowed) in enumerate(cases)
+    ]
+
+
+def test_l7_the_api_role_launches_only_allowed_types_into_its_own_subnet_and_groups(
+    stacks: dict[str, Deployed],
+) -> None:
+    own, other = (stacks[e] for e in ENVIRONMENTS)
+    cases = launch_requests(own, other)
+    policies = {p.role_id: named_policies(p) for p in own.policies.values()}
+    results = iamsim.simulate(policies, [request for _, request, _ in cases])
+    decided = {what: result.allowed for (what, _, _), result in zip(cases, results, strict=True)}
+    assert all(not result.errors for result in results), [r.errors for r in results]
+    assert decided == {what: expected for what, _, expected in cases}

@@ -11,14 +11,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cmlfleet.adapters.ec2 import CloudError
 from cmlfleet.adapters.repository import ConcurrentModificationError
+from cmlfleet.domain.certificate import CertificateMismatchError
 from cmlfleet.domain.lifecycle import IllegalTransitionError
 from cmlfleet.services.commands import (
     AlreadyRegisteredError,
     ForbiddenError,
+    InstanceTypeNotAllowedError,
     NotImportableError,
     WorkerNotFoundError,
 )
 from cmlfleet.services.labs import CmlUnavailableError, ThrottledError
+from fleet_api.hsts import HSTS
 
 
 class UnauthorizedError(Exception):
@@ -67,6 +70,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def not_importable(_: Request, error: NotImportableError) -> JSONResponse:
         return respond(409, "not_importable", str(error))
 
+    @app.exception_handler(InstanceTypeNotAllowedError)
+    async def type_not_allowed(_: Request, error: InstanceTypeNotAllowedError) -> JSONResponse:
+        # Reported as the body's validation errors are: the field and what is wrong with it.
+        details = [{"field": "instance_type", "problem": str(error)}]
+        return respond(422, "invalid_request", "the request is not valid", details=details)
+
+    @app.exception_handler(CertificateMismatchError)
+    async def certificate_mismatch(_: Request, error: CertificateMismatchError) -> JSONResponse:
+        return respond(409, "certificate_mismatch", str(error))
+
     @app.exception_handler(ThrottledError)
     async def throttled(_: Request, error: ThrottledError) -> JSONResponse:
         response = respond(429, "throttled", str(error))
@@ -101,4 +114,7 @@ def install_error_handlers(app: FastAPI) -> None:
         from aws_lambda_powertools import Logger
 
         Logger(child=True).exception("unhandled error")
-        return respond(500, "internal_error", "something went wrong; it has been logged")
+        response = respond(500, "internal_error", "something went wrong; it has been logged")
+        # Answered outside every middleware (Starlette's ServerErrorMiddleware).
+        response.headers["Strict-Transport-Security"] = HSTS
+        return response
