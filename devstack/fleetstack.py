@@ -25,6 +25,8 @@ from devstack.relayproc import RelayProcess
 from devstack.stack import ACCOUNT_ID, LOCAL_PARAMETERS, LocalStack, free_port
 
 log = logging.getLogger("devstack")
+# The API's docs page (Swagger UI from a CDN) is for the developer here, never deployed.
+LOCAL_API_ENVIRONMENT = {"API_DOCS": "true"}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class FleetStack:
     schedule_speedup: float = 1.0
     run_schedules: bool = True
     relay_output: IO[bytes] | None = None
+    cml_tls: bool = True
     cml: CmlSimulator | None = None
     stack: LocalStack | None = None
     issuer: DevelopmentIssuer | None = None
@@ -53,15 +56,20 @@ class FleetStack:
         """Start everything; `before_simulation(stack)` runs while EC2 is still quiet."""
         self.port = self.port or free_port(self.host)
         _forget_api_adapters()
-        self.issuer = DevelopmentIssuer(f"{self.url}/auth", DEV_AUDIENCE)
-        self.cml = cml = CmlSimulator().start(tick_every=60 / self.schedule_speedup)
+        # The functions and the relay reach the issuer on this machine, whatever address the
+        # origin is bound to; its keys are fetched over http only on loopback.
+        self.issuer = DevelopmentIssuer(f"http://127.0.0.1:{self.port}/auth", DEV_AUDIENCE)
+        # Over HTTPS, so the collectors pin each worker's certificate as on AWS.
+        self.cml = cml = CmlSimulator().start(
+            tick_every=60 / self.schedule_speedup, tls=self.cml_tls
+        )
         parameters = LOCAL_PARAMETERS | {
             "OidcIssuer": self.issuer.issuer,
             "CmlEndpointTemplate": cml.url + "/workers/{instance_id}",
         }
         self.stack = stack = LocalStack(
             moto_port=free_port(),
-            overrides=self.overrides,
+            overrides=LOCAL_API_ENVIRONMENT | self.overrides,
             parameters=parameters,
             run_schedules=False,  # started last, once the fleet and its CML hosts exist
             schedule_speedup=self.schedule_speedup,

@@ -17,6 +17,7 @@ from cmlfleet.adapters.repository import DynamoDbWorkerRepository
 from cmlfleet.adapters.tickets import DynamoDbTicketStore
 from cmlfleet.domain.status import WorkerStatus
 from cmlfleet.identity import StaticSigningKeys, TokenVerifier
+from cmlfleet.services.cml_certificates import CmlCertificateCommands
 from cmlfleet.services.commands import LaunchDefaults, WorkerCommands
 from cmlfleet.services.labs import LabsCommands
 from devstack.issuer import DevelopmentIssuer
@@ -133,6 +134,7 @@ def api_container(
                 instance_type="c5.2xlarge",
                 stack=STACK,
                 instance_profile_arn=worker_instance_profile(),
+                allowed_instance_types=frozenset({"m5zn.metal", "m7i.metal-24xl"}),
             ),
             region="us-east-1",
             source="urn:cmlfleet:test",
@@ -144,6 +146,7 @@ def api_container(
         ),
         tickets=DynamoDbTicketStore(aws.table_name, aws.dynamodb, ttl_seconds=60),
         labs=labs,
+        certificates=CmlCertificateCommands(repository),
     )
 
 

@@ -10,6 +10,7 @@ import fnmatch
 import inspect
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -770,9 +771,43 @@ def test_the_cml_credentials_are_a_generated_secret_only_the_cml_callers_may_rea
         statements = role_statements(resources, role_of(resources, function_id))
         for statement in statements:
             if "secretsmanager:GetSecretValue" in as_list(statement["Action"]):
-                assert statement["Resource"] == ref("CmlCredentialsSecret")
+                per_worker, shared = if_branches(statement["Resource"], "HasPerWorkerCmlSecrets")
+                assert shared == ref("CmlCredentialsSecret")
+                assert per_worker == PER_WORKER_SECRETS
                 readers.add(function_id)
     assert readers == {"ApiFunction", "MetricsCollectorFunction", "LabsRefreshFunction"}
+
+
+# The secrets named CmlCredentialsSecretName, {worker_id} as * (and the 6 random characters
+# Secrets Manager appends to a name).
+PER_WORKER_SECRETS = {
+    "Fn::Sub": [
+        "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${Name}-??????",
+        {
+            "Name": {
+                "Fn::Join": ["*", {"Fn::Split": ["{worker_id}", ref("CmlCredentialsSecretName")]}]
+            }
+        },
+    ]
+}
+
+
+@pytest.mark.parametrize("function_id", ["ApiFunction", "MetricsCollectorFunction"])
+def test_m3_the_cml_credentials_may_be_one_secret_per_worker_and_tls_is_verified_by_default(
+    cfn: dict[str, Any], resources: dict[str, Any], function_id: str
+) -> None:
+    parameters = cfn["Parameters"]
+    assert parameters["CmlVerifyTls"]["Default"] == "true"
+    assert parameters["CmlCaBundle"]["Default"] == ""
+    pattern = re.compile(parameters["CmlCredentialsSecretName"]["AllowedPattern"])
+    assert pattern.match("")
+    assert pattern.match("cml-fleet/cml/{worker_id}")
+    assert not pattern.match("cml-fleet/cml/shared")  # one name for all: the generated one
+    variables = resources[function_id]["Properties"]["Environment"]["Variables"]
+    per_worker, shared = if_branches(variables["CML_CREDENTIALS_SECRET"], "HasPerWorkerCmlSecrets")
+    assert (per_worker, shared) == (ref("CmlCredentialsSecretName"), ref("CmlCredentialsSecret"))
+    assert variables["CML_VERIFY_TLS"] == ref("CmlVerifyTls")
+    assert variables["CML_CA_BUNDLE"] == ref("CmlCaBundle")
 
 
 # ---- 11. identity -----------------------------------------------------------------------
@@ -831,6 +866,16 @@ def test_the_api_accepts_tokens_of_the_pool_for_the_dashboard_client_or_the_exte
     assert (render(cognito), external) == (COGNITO_ISSUER, ref("OidcIssuer"))
     cognito, external = if_branches(variables["OIDC_AUDIENCE"], "UseCognito")
     assert (cognito, external) == (ref("DashboardClient"), ref("OidcAudience"))
+
+
+def test_the_api_names_owners_by_the_claim_the_stack_is_given(
+    cfn: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """L6: one claim names the caller, Cognito's user name unless the stack says otherwise."""
+    variables = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["OWNER_CLAIM"] == ref("OwnerClaim")
+    assert cfn["Parameters"]["OwnerClaim"]["Default"] == "cognito:username"
+    assert ApiSettings.model_fields["owner_claim"].default == "cognito:username"
 
 
 # ---- 12. the relay task -----------------------------------------------------------------

@@ -14,6 +14,7 @@ from cmlfleet.adapters.ec2 import BotoEc2Fleet
 from cmlfleet.adapters.repository import DynamoDbWorkerRepository
 from cmlfleet.adapters.tickets import DynamoDbTicketStore
 from cmlfleet.identity import AuthenticationError, JwksSigningKeys, Principal, TokenVerifier
+from cmlfleet.services.cml_certificates import CmlCertificateCommands
 from cmlfleet.services.commands import LaunchDefaults, WorkerCommands
 from cmlfleet.services.labs import LabsCommands
 from fleet_api.errors import UnauthorizedError
@@ -26,6 +27,7 @@ class Container:
     verifier: TokenVerifier
     tickets: DynamoDbTicketStore
     labs: LabsCommands | None = None
+    certificates: CmlCertificateCommands | None = None
 
 
 @lru_cache(maxsize=1)
@@ -49,6 +51,7 @@ def build_container() -> Container:
             key_name=settings.worker_key_name,
             instance_profile_arn=settings.worker_instance_profile_arn,
             detailed_monitoring=settings.worker_detailed_monitoring,
+            allowed_instance_types=frozenset(settings.launchable_instance_types),
         ),
         region=settings.aws_region,
         source=settings.event_source,
@@ -58,6 +61,7 @@ def build_container() -> Container:
         audience=settings.oidc_audience,
         keys=JwksSigningKeys(settings.jwks_url),
         roles_claim=settings.roles_claim,
+        owner_claim=settings.owner_claim,
     )
     tickets = DynamoDbTicketStore(
         settings.table_name, aws.client("dynamodb"), settings.stream_ticket_ttl_seconds
@@ -70,7 +74,7 @@ def build_container() -> Container:
         min_interval=settings.labs_refresh_min_interval_seconds,
         deadline=settings.cml_timeout_seconds * 4,
     )
-    return Container(commands, verifier, tickets, labs)
+    return Container(commands, verifier, tickets, labs, CmlCertificateCommands(repository))
 
 
 def get_container() -> Container:

@@ -2,7 +2,8 @@
 
 - `admin` may do everything;
 - `manager` sees every worker and may start, stop and refresh labs;
-- `user` sees only the workers they own, with AWS-internal fields masked, and may not act.
+- `user` sees only the workers they own (by name and `sub`), with AWS-internal fields
+  masked, and may not act.
 A worker a principal may not see does not exist for them (404, not 403).
 """
 
@@ -21,6 +22,7 @@ class Action(StrEnum):
     STOP = "stop"
     TERMINATE = "terminate"
     REFRESH_LABS = "refresh_labs"
+    TRUST_CML_CERTIFICATE = "trust_cml_certificate"  # confirm or re-pin (admin only)
 
 
 ALLOWED: dict[Role, frozenset[Action]] = {
@@ -37,8 +39,14 @@ def may(principal: Principal, action: Action) -> bool:
     return action in ALLOWED[principal.role]
 
 
-def may_see(principal: Principal, owner: str) -> bool:
-    return principal.sees_everything or owner == principal.username
+def may_see(principal: Principal, owner: str, owner_sub: str | None = None) -> bool:
+    """Admins and managers see every worker; a user the workers owned by their name and,
+    when the owner's `sub` is known, their sub too: a user name given again later (bob
+    deleted, a new bob created) does not inherit the old one's workers. A worker whose
+    owner's sub is not known is matched by name alone."""
+    if principal.sees_everything:
+        return True
+    return owner == principal.username and (owner_sub is None or owner_sub == principal.subject)
 
 
 def visible_view(principal: Principal, view: WorkerView) -> WorkerView:

@@ -7,6 +7,7 @@ The environment variable names are the field names upper-cased, identical to the
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,12 +31,18 @@ class FleetSettings(BaseSettings):
     stack_name: str = Field(default="cmlfleet", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     # The workers' CML API (collectors and the manual labs refresh).
     cml_credentials_secret: str | None = Field(
-        default=None, description="Secrets Manager secret (name or ARN) with username/password"
+        default=None,
+        description="Secrets Manager secret (name or ARN) with username/password; "
+        "with {worker_id} in it, each worker's own secret",
     )
     cml_endpoint_template: str = Field(
         default="https://{private_ip}", description="a worker's CML base URL, filled per worker"
     )
-    cml_verify_tls: bool = False
+    # TLS: each worker's certificate pinned at first contact, unless a CA bundle is given
+    # (verified against it) or verification is turned off (`cml/trust.py`).
+    cml_verify_tls: bool = True
+    cml_ca_bundle: str = Field(default="", description="PEM file of the CA of the CML hosts")
+    cml_ca_check_hostname: bool = True
     cml_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     cml_concurrency: int = Field(default=25, ge=1, le=500)
     metrics_threshold_points: float = Field(default=5.0, ge=0, le=100)
@@ -44,6 +51,13 @@ class FleetSettings(BaseSettings):
     # Relay queues (the reaper removes those of dead relay tasks).
     relay_queue_prefix: str = Field(default="cmlfleet-relay", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     relay_queue_stale_seconds: int = Field(default=600, ge=120)
+
+    @property
+    def cml_trust_mode(self) -> Literal["pin", "ca", "off"]:
+        """How the workers' CML certificates are checked (see `cml/trust.py`)."""
+        if not self.cml_verify_tls:
+            return "off"
+        return "ca" if self.cml_ca_bundle else "pin"
 
 
 def describe_validation_error(error: ValidationError) -> str:

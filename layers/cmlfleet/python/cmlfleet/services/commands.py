@@ -26,6 +26,7 @@ from cmlfleet.adapters.repository import (
     TransientWriteError,
     WorkerRepository,
 )
+from cmlfleet.domain.certificate import awaiting_confirmation
 from cmlfleet.domain.lifecycle import (
     IllegalTransitionError,
     request_start,
@@ -58,6 +59,16 @@ class NotImportableError(Exception):
     """The instance cannot become a worker (it is terminated or on its way there)."""
 
 
+class InstanceTypeNotAllowedError(Exception):
+    """A launch asked for an instance type outside the allowed ones."""
+
+    def __init__(self, instance_type: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(
+            f"{instance_type} is not an allowed instance type; allowed: {', '.join(allowed)}"
+        )
+        self.instance_type, self.allowed = instance_type, allowed
+
+
 @dataclass(frozen=True)
 class LaunchDefaults:
     ami_id: str
@@ -68,6 +79,17 @@ class LaunchDefaults:
     key_name: str | None = None
     instance_profile_arn: str | None = None
     detailed_monitoring: bool = False
+    # What `create` may launch besides `instance_type` (IAM allows the same list): a stolen
+    # admin token buys no p5.48xlarge.
+    allowed_instance_types: frozenset[str] = frozenset()
+
+    def checked_instance_type(self, wanted: str | None) -> str:
+        """The type to launch: `wanted` (the default if None), refused unless allowed."""
+        chosen = wanted or self.instance_type
+        allowed = tuple(sorted(self.allowed_instance_types | {self.instance_type}))
+        if chosen not in allowed:
+            raise InstanceTypeNotAllowedError(chosen, allowed)
+        return chosen
 
 
 class WorkerCommands:
@@ -93,7 +115,7 @@ class WorkerCommands:
         workers = [
             w
             for w in self._repository.list_workers()
-            if may_see(principal, w.owner)
+            if may_see(principal, w.owner, w.owner_sub)
             and (status is None or w.status == status)
             and (owner is None or w.owner == owner)
         ]
@@ -105,9 +127,17 @@ class WorkerCommands:
 
     # ---- commands ------------------------------------------------------------------------
     def create(
-        self, principal: Principal, *, name: str, owner: str | None, instance_type: str | None
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        owner: str | None,
+        instance_type: str | None,
+        owner_sub: str | None = None,
     ) -> WorkerView:
+        """Launch a worker for `owner` (the caller if None); see `owner_sub_for` on its sub."""
         self._authorize(principal, Action.CREATE)
+        chosen_type = self._launch.checked_instance_type(instance_type)
         worker_id, owner = new_worker_id(), owner or principal.username
         instance = self._fleet.launch(
             LaunchSpec(
@@ -116,7 +146,7 @@ class WorkerCommands:
                 owner=owner,
                 stack=self._launch.stack,
                 ami_id=self._launch.ami_id,
-                instance_type=instance_type or self._launch.instance_type,
+                instance_type=chosen_type,
                 subnet_id=self._launch.subnet_id,
                 security_group_ids=self._launch.security_group_ids,
                 key_name=self._launch.key_name,
@@ -128,6 +158,7 @@ class WorkerCommands:
             worker_id=worker_id,
             name=name,
             owner=owner,
+            owner_sub=owner_sub_for(principal, owner, owner_sub),
             now=self._clock(),
             instance_id=instance.instance_id,
             instance_type=instance.instance_type,
@@ -145,8 +176,15 @@ class WorkerCommands:
         return change.worker.view()
 
     def import_instance(
-        self, principal: Principal, *, instance_id: str, name: str | None, owner: str | None
+        self,
+        principal: Principal,
+        *,
+        instance_id: str,
+        name: str | None,
+        owner: str | None,
+        owner_sub: str | None = None,
     ) -> WorkerView:
+        """Adopt an opted-in instance for `owner` (the caller if None), as `create` does."""
         self._authorize(principal, Action.IMPORT)
         if self._repository.find_by_instance_id(instance_id) is not None:
             raise AlreadyRegisteredError(f"instance {instance_id} is already a worker")
@@ -167,6 +205,7 @@ class WorkerCommands:
             worker_id=worker_id,
             name=name or _name_from_tag(instance.tags.get("Name")) or instance_id,
             owner=owner or principal.username,
+            owner_sub=owner_sub_for(principal, owner or principal.username, owner_sub),
             now=self._clock(),
             instance_id=instance_id,
             instance_type=instance.instance_type,
@@ -176,6 +215,9 @@ class WorkerCommands:
             private_ip=instance.private_ip,
             tags=instance.tags,
         )
+        # Its CML gets nothing but a TLS handshake until an admin confirms the certificate:
+        # marked before the worker exists, so no collector can find it unmarked.
+        self._repository.put_cml_certificate(awaiting_confirmation(worker_id), replacing=None)
         # Tag first: if AWS refuses, nothing is saved.
         self._fleet.tag(instance_id, self._worker_tags(worker_id))
         try:
@@ -245,6 +287,7 @@ class WorkerCommands:
             change.events,
             worker_id=worker.worker_id,
             owner=worker.owner,
+            owner_sub=worker.owner_sub,
             version=worker.version,
             source=self._source,
         )
@@ -262,9 +305,18 @@ class WorkerCommands:
 def find_visible(repository: WorkerRepository, principal: Principal, worker_id: str) -> Worker:
     """The worker, if this principal may see it; otherwise it does not exist for them."""
     worker = repository.get(worker_id)
-    if worker is None or not may_see(principal, worker.owner):
+    if worker is None or not may_see(principal, worker.owner, worker.owner_sub):
         raise WorkerNotFoundError(worker_id)
     return worker
+
+
+def owner_sub_for(principal: Principal, owner: str, owner_sub: str | None) -> str | None:
+    """The `sub` recorded for a new worker's owner: the one given (by an admin), else the
+    caller's own when they are the owner, else None. An owner without a known sub is
+    matched by name alone, so admins should pass `owner_sub` when naming another user."""
+    if owner_sub is not None:
+        return owner_sub
+    return principal.subject if owner == principal.username else None
 
 
 def authorize(principal: Principal, action: Action) -> None:
