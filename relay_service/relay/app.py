@@ -90,7 +90,10 @@ class Relay:
         self.principal_streams = StreamCounts(settings.relay_streams_per_principal)
         self.address_streams = StreamCounts(settings.relay_streams_per_address)
         self.replays = Allowance(settings.relay_replays_per_minute)
-        self.connects = Allowance(settings.relay_connects_per_address_per_minute)
+        self.connects = Allowance(
+            settings.relay_connects_per_address_per_minute,
+            settings.relay_connect_burst_per_address,
+        )
         auth_threads = settings.relay_auth_threads
         self.executors = {
             "ticket": BoundedExecutor("relay-tickets", auth_threads, 16 * auth_threads),
@@ -359,9 +362,22 @@ class StreamEndpoint:
         self._relay, self._authenticator = relay, authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self._relay
+        address = client_address(
+            scope.get("client"),
+            _header(scope, b"x-forwarded-for"),
+            relay.settings.relay_forwarded_hops,
+        )
+        if not relay.connects.take(address):
+            # Refused before anything is built for the request: a client reconnecting in a
+            # loop (ignoring Retry-After) should cost as little as an answer can.
+            relay.hub.stats["rejected_connect_rate"] += 1
+            await send(TOO_MANY_CONNECTS_START)
+            await send(TOO_MANY_CONNECTS_BODY)
+            return
         admitted: list[Callable[[], None]] = []
         try:
-            response = await self._respond(Request(scope, receive), admitted)
+            response = await self._respond(Request(scope, receive), address, admitted)
             await response(scope, receive, send)
         finally:
             # Here and not in the frames' generator: a response cancelled before its
@@ -369,18 +385,12 @@ class StreamEndpoint:
             for release in reversed(admitted):
                 release()
 
-    async def _respond(self, request: Request, admitted: list[Callable[[], None]]) -> Response:
+    async def _respond(
+        self, request: Request, address: str, admitted: list[Callable[[], None]]
+    ) -> Response:
         relay, settings = self._relay, self._relay.settings
         if not relay.hub.accepting:
             return _refusal(503, "shutting_down", "relay is shutting down", retry_after=1)
-        address = client_address(
-            request.scope.get("client"),
-            request.headers.get("x-forwarded-for", ""),
-            settings.relay_forwarded_hops,
-        )
-        if not relay.connects.take(address):
-            relay.hub.stats["rejected_connect_rate"] += 1
-            return _refusal(429, "too_many_connects", "reconnecting too often", retry_after=5)
         try:
             principal = await self._principal(request)
         except AuthenticationError as error:
@@ -439,6 +449,28 @@ class StreamEndpoint:
             return _refusal(429, "too_many_streams", "too many open streams from this address")
         admitted.append(lambda: relay.address_streams.release(address))
         return None
+
+
+_TOO_MANY_CONNECTS = b'{"error":{"code":"too_many_connects","message":"reconnecting too often"}}'
+TOO_MANY_CONNECTS_START = {
+    "type": "http.response.start",
+    "status": 429,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_TOO_MANY_CONNECTS)).encode()),
+        (b"retry-after", b"5"),
+    ],
+}
+TOO_MANY_CONNECTS_BODY = {"type": "http.response.body", "body": _TOO_MANY_CONNECTS}
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """One request header from the raw ASGI scope (the last if repeated), or ""."""
+    value = b""
+    for key, item in scope.get("headers", ()):
+        if key == name:
+            value = item
+    return value.decode("latin-1")
 
 
 def _refusal(status: int, code: str, message: str, *, retry_after: int = 30) -> JSONResponse:

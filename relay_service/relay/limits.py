@@ -84,8 +84,14 @@ class Allowance:
     429 before any token is checked, so a reconnect loop costs the relay almost nothing).
     """
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._capacity = float(per_minute)
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # `burst` takes at once (a minute's worth unless given), then `per_minute` a minute.
+        self._capacity = float(per_minute if burst is None else burst)
         self._rate = per_minute / 60.0
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)

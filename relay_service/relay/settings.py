@@ -59,6 +59,9 @@ class RelaySettings(BaseSettings):
     relay_streams_per_principal: int = Field(default=20, ge=1, le=100_000)
     relay_streams_per_address: int = Field(default=500, ge=1, le=1_000_000)
     relay_connects_per_address_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    # Taken at once before the rate applies: a NAT'd office's dashboards coming back after
+    # a deploy get in over a few seconds (the rest retry with backoff), a loop gets 60.
+    relay_connect_burst_per_address: int = Field(default=60, ge=1, le=1_000_000)
     relay_forwarded_hops: int = Field(
         default=0, ge=0, le=5, description="trusted proxies that append to X-Forwarded-For"
     )

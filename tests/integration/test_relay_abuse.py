@@ -213,7 +213,11 @@ def test_m1_one_address_holds_at_most_its_cap_and_the_balancers_header_names_it(
 def test_m1_an_address_reconnecting_in_a_loop_is_refused_before_its_token_is_checked(
     start: Callable[..., RelayThread], issuer: DevelopmentIssuer
 ) -> None:
-    relay = start(relay_connects_per_address_per_minute=3, relay_forwarded_hops=1)
+    relay = start(
+        relay_connects_per_address_per_minute=3,
+        relay_connect_burst_per_address=3,
+        relay_forwarded_hops=1,
+    )
     loop = bearer(issuer, "mallory", "user") | {"X-Forwarded-For": "203.0.113.66"}
     assert [connected(relay, loop)["status"] for _ in range(3)] == ["none"] * 3
     before = relay.health()["stats"]

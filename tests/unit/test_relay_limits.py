@@ -122,6 +122,14 @@ def test_m1_an_allowance_refills_over_a_minute() -> None:
     assert [allowance.take("alice"), allowance.take("alice")] == [True, False]
 
 
+def test_m1_an_allowance_with_a_smaller_burst_gives_that_many_at_once_then_its_rate() -> None:
+    now = [0.0]
+    allowance = Allowance(600, burst=3, clock=lambda: now[0])
+    assert [allowance.take("10.0.0.1") for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.1  # 600 a minute is one every 0.1 s
+    assert [allowance.take("10.0.0.1"), allowance.take("10.0.0.1")] == [True, False]
+
+
 def test_m1_a_bounded_executor_refuses_work_beyond_its_queue_at_once() -> None:
     async def scenario() -> None:
         executor = BoundedExecutor("test", threads=1, max_waiting=1)
