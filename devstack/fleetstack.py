@@ -101,6 +101,11 @@ class FleetStack:
             "RELAY_POLL_WAIT_SECONDS": "2",
             "HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
             "RELAY_LOG_LEVEL": "warning",
+            # Every browser of a local stack connects from 127.0.0.1: a per-address limit
+            # would count them all as one client. The per-user limits stay as deployed.
+            "RELAY_STREAMS_PER_ADDRESS": "100000",
+            "RELAY_CONNECTS_PER_ADDRESS_PER_MINUTE": "1000000",
+            "RELAY_CONNECT_BURST_PER_ADDRESS": "100000",
             "DASHBOARD_SIGN_IN": "development",
             "DASHBOARD_DEV_USERS": ",".join(f"{u}:{r}" for u, r in DEMO_USERS.items()),
         }

@@ -1,4 +1,7 @@
-"""The relay's HTTP side: the SSE stream endpoint and health, wired to the hub and the bus."""
+"""The running relay and its application: the hub, the bus, health, and the routes.
+
+The stream endpoint is `relay/stream.py`; the replay policy `relay/replay.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,52 +9,40 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from cmlfleet.events.catalog import (
-    AuthExpired,
-    Connected,
-    Heartbeat,
-    ReplayOutcome,
-    Resync,
     SseShutdown,
 )
 from cmlfleet.events.envelope import CloudEvent
-from cmlfleet.identity import AuthenticationError, Principal
 from cmlfleet.timeutil import utc_now
 from relay.auth import StreamAuthenticator
 from relay.backoff import Backoff, retry
 from relay.dashboard import DashboardFiles, dashboard_config
 from relay.draining import EcsTaskWatch
-from relay.frames import delivery, receives, relay_event_frame
-from relay.history import DynamoDbEventLog, EventRing, Replay, TooManyMissedError
-from relay.hub import Hub, Interest, Subscription, SubscriptionClosedError
+from relay.frames import delivery, relay_event_frame
+from relay.history import DynamoDbEventLog, EventRing
+from relay.hub import Hub, Subscription
 from relay.limits import (
     Allowance,
     BoundedExecutor,
-    BusyError,
     StreamCounts,
-    client_address,
 )
 from relay.metrics import MetricsServer
 from relay.observability import LatencyWindow, prometheus_text, tracer
-from relay.response import EventStreamResponse
+from relay.replay import Replayer
 from relay.settings import RelaySettings
 from relay.sse import FrameError
+from relay.stream import StreamEndpoint
 
 logger = Logger(child=True)
-
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-REPLAY_SLICE = 100  # frames framed and sent between turns of the event loop
-NOT_KEPT = "the events after your last one are no longer kept"
 
 
 class EventBus(Protocol):
@@ -84,23 +75,18 @@ class Relay:
         )
         self.ring = EventRing(settings.relay_ring_size)
         self.broadcast_latency = LatencyWindow()
-        self.replay_latency = LatencyWindow()
-        self.event_log = event_log
+        self.replayer = Replayer(settings, self.ring, event_log, self.hub.stats)
         # What one client may cost (relay/limits.py).
         self.principal_streams = StreamCounts(settings.relay_streams_per_principal)
         self.address_streams = StreamCounts(settings.relay_streams_per_address)
-        self.replays = Allowance(settings.relay_replays_per_minute)
         self.connects = Allowance(
             settings.relay_connects_per_address_per_minute,
             settings.relay_connect_burst_per_address,
         )
-        auth_threads = settings.relay_auth_threads
-        self.executors = {
-            "ticket": BoundedExecutor("relay-tickets", auth_threads, 16 * auth_threads),
-            "token": BoundedExecutor("relay-tokens", auth_threads, 16 * auth_threads),
-            "replay": BoundedExecutor(
-                "relay-replay", settings.relay_replay_threads, 8 * settings.relay_replay_threads
-            ),
+        threads = settings.relay_auth_threads
+        self.executors = {  # by credential kind, each its own (relay/auth.py)
+            "ticket": BoundedExecutor("relay-tickets", threads, 16 * threads),
+            "token": BoundedExecutor("relay-tokens", threads, 16 * threads),
         }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
@@ -148,57 +134,13 @@ class Relay:
             self.ring.add(event)
         logger.info("replay ring warmed", events=len(recent))
 
-    async def replay(self, cursor: str | None, subscription: Subscription) -> Replay:
-        """What this client missed since `cursor` and may receive, or why it must resync.
+    @property
+    def event_log(self) -> DynamoDbEventLog | None:
+        return self.replayer.event_log
 
-        At most `RELAY_REPLAY_MAX` events are read, from the ring or the event log, and
-        only those the client receives are returned. A cursor the client could not have
-        been sent is answered as one that was never kept, so ids tell nothing of others.
-        """
-        if not cursor:
-            return Replay("none", [])
-        if not self.replays.take(_key(subscription.principal)):
-            self.hub.stats["replays_refused_rate"] += 1
-            return Replay("resync", [], "too many reconnects with a cursor; fetch the state")
-        with tracer.start_as_current_span("relay.replay") as span:
-            started = time.perf_counter()
-            try:
-                replay = await self._replay(cursor, lambda event: receives(subscription, event))
-            except TooManyMissedError:
-                self.hub.stats["replays_over_cap"] += 1
-                replay = Replay("resync", [], "more events were missed than are replayed")
-            except BusyError:
-                self.hub.stats["replays_refused_busy"] += 1
-                replay = Replay("resync", [], "the relay is busy; fetch the state")
-            self.replay_latency.add(time.perf_counter() - started)
-            span.set_attribute("cmlfleet.replay.status", replay.status)
-            span.set_attribute("cmlfleet.replay.events", len(replay.events))
-            return replay
-
-    async def _replay(self, cursor: str, receives: Callable[[CloudEvent], bool]) -> Replay:
-        cap = self.settings.relay_replay_max
-        last_seen = self.ring.get(cursor)
-        if last_seen is not None:
-            missed = self.ring.after(cursor, cap) if receives(last_seen) else None
-            if missed is not None:
-                self.hub.stats["replay_ring_hits"] += 1
-                return Replay("replayed", [event for event in missed if receives(event)])
-        elif self.event_log is not None:
-            event_log, now = self.event_log, utc_now()
-            try:
-                logged = await self.executors["replay"].run(
-                    lambda: event_log.after(cursor, now, admit_cursor=receives)
-                )
-            except (TooManyMissedError, BusyError):
-                raise
-            except Exception:
-                logger.exception("event log unavailable for replay")
-                logged = None
-            if logged is not None:
-                self.hub.stats["replay_log_hits"] += 1
-                return Replay("replayed", [event for event in logged if receives(event)])
-        self.hub.stats["replay_misses"] += 1
-        return Replay("resync", [], NOT_KEPT)
+    @event_log.setter
+    def event_log(self, event_log: DynamoDbEventLog | None) -> None:
+        self.replayer.event_log = event_log
 
     async def stop(self) -> None:
         self.begin_shutdown()
@@ -207,7 +149,7 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await asyncio.to_thread(self.bus.close)
-        for executor in self.executors.values():
+        for executor in [*self.executors.values(), self.replayer.executor]:
             executor.shutdown()
 
     def begin_shutdown(self) -> None:
@@ -238,7 +180,7 @@ class Relay:
                 "seconds_since_bus_receive": -1 if quiet is None else quiet,
                 "accepting": 1 if hub.accepting else 0,
             },
-            latencies={"broadcast": self.broadcast_latency, "replay": self.replay_latency},
+            latencies={"broadcast": self.broadcast_latency, "replay": self.replayer.latency},
         )
 
     def publish(self, events: list[CloudEvent]) -> None:
@@ -349,210 +291,3 @@ def create_app(
         # Last: every path the routes above do not claim is a dashboard file (or 404).
         app.mount("/", DashboardFiles(settings.dashboard_dir, settings), name="dashboard")
     return app
-
-
-class StreamEndpoint:
-    """`GET /api/events/stream`: authenticate, admit, register, replay, then live events.
-
-    `Last-Event-ID` (sent by EventSource when it reconnects), or `last_event_id` for a
-    first connect, replays what the client missed before live events follow.
-    """
-
-    def __init__(self, relay: Relay, authenticator: StreamAuthenticator) -> None:
-        self._relay, self._authenticator = relay, authenticator
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relay = self._relay
-        address = client_address(
-            scope.get("client"),
-            _header(scope, b"x-forwarded-for"),
-            relay.settings.relay_forwarded_hops,
-        )
-        if not relay.connects.take(address):
-            # Refused before anything is built for the request: a client reconnecting in a
-            # loop (ignoring Retry-After) should cost as little as an answer can.
-            relay.hub.stats["rejected_connect_rate"] += 1
-            await send(TOO_MANY_CONNECTS_START)
-            await send(TOO_MANY_CONNECTS_BODY)
-            return
-        admitted: list[Callable[[], None]] = []
-        try:
-            response = await self._respond(Request(scope, receive), address, admitted)
-            await response(scope, receive, send)
-        finally:
-            # Here and not in the frames' generator: a response cancelled before its
-            # first frame never runs the generator, and its stream must still be let go.
-            for release in reversed(admitted):
-                release()
-
-    async def _respond(
-        self, request: Request, address: str, admitted: list[Callable[[], None]]
-    ) -> Response:
-        relay, settings = self._relay, self._relay.settings
-        if not relay.hub.accepting:
-            return _refusal(503, "shutting_down", "relay is shutting down", retry_after=1)
-        try:
-            principal = await self._principal(request)
-        except AuthenticationError as error:
-            relay.hub.stats["rejected_unauthenticated"] += 1
-            return JSONResponse(
-                {"error": {"code": "unauthorized", "message": error.reason}},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        except BusyError:
-            relay.hub.stats["rejected_busy"] += 1
-            return _refusal(503, "busy", "the relay is busy; try again shortly", retry_after=2)
-        refusal = self._admit(_key(principal), address, admitted)
-        if refusal is not None:
-            return refusal
-        cursor = (
-            request.headers.get("last-event-id") or request.query_params.get("last_event_id") or ""
-        ).strip()[:128]
-        interest = Interest(
-            worker_ids=_listed(request.query_params.get("worker_ids")),
-            event_types=_listed(request.query_params.get("event_types")),
-        )
-        # Registered for live events before history is read: nothing falls in the gap.
-        subscription = relay.hub.subscribe(principal, interest)
-        admitted.append(lambda: relay.hub.unsubscribe(subscription))
-        return EventStreamResponse(
-            _frames(relay, subscription, cursor or None),
-            headers=STREAM_HEADERS,
-            send_timeout=settings.relay_send_timeout_seconds,
-            on_send_timeout=lambda: relay.hub.stats.update(["cutoffs_send_timeout"]),
-        )
-
-    async def _principal(self, request: Request) -> Principal:
-        """Who this is: a malformed credential is refused here, on the loop; checking a
-        good-looking one blocks (DynamoDB, key fetches), on the executor of its kind."""
-        authenticator = self._authenticator
-        credential = authenticator.credential(
-            request.query_params.get("ticket"), request.headers.get("authorization")
-        )
-        if credential.kind == "anonymous":
-            return authenticator.principal(credential)
-        executor = self._relay.executors[credential.kind]
-        return await executor.run(lambda: authenticator.principal(credential))
-
-    def _admit(
-        self, principal_key: str, address: str, admitted: list[Callable[[], None]]
-    ) -> Response | None:
-        """Count the stream against its principal and address, or refuse it (429)."""
-        relay = self._relay
-        if not relay.principal_streams.admit(principal_key):
-            relay.hub.stats["rejected_streams_per_principal"] += 1
-            return _refusal(429, "too_many_streams", "too many open streams for this user")
-        admitted.append(lambda: relay.principal_streams.release(principal_key))
-        if not relay.address_streams.admit(address):
-            relay.hub.stats["rejected_streams_per_address"] += 1
-            return _refusal(429, "too_many_streams", "too many open streams from this address")
-        admitted.append(lambda: relay.address_streams.release(address))
-        return None
-
-
-_TOO_MANY_CONNECTS = b'{"error":{"code":"too_many_connects","message":"reconnecting too often"}}'
-TOO_MANY_CONNECTS_START = {
-    "type": "http.response.start",
-    "status": 429,
-    "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_TOO_MANY_CONNECTS)).encode()),
-        (b"retry-after", b"5"),
-    ],
-}
-TOO_MANY_CONNECTS_BODY = {"type": "http.response.body", "body": _TOO_MANY_CONNECTS}
-
-
-def _header(scope: Scope, name: bytes) -> str:
-    """One request header from the raw ASGI scope (the last if repeated), or ""."""
-    value = b""
-    for key, item in scope.get("headers", ()):
-        if key == name:
-            value = item
-    return value.decode("latin-1")
-
-
-def _refusal(status: int, code: str, message: str, *, retry_after: int = 30) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}},
-        status_code=status,
-        headers={"Retry-After": str(retry_after)},
-    )
-
-
-def _key(principal: Principal | None) -> str:
-    """Whose stream or replay this is, for the limits: the `sub`, which is never reused."""
-    return principal.subject if principal is not None else "anonymous"
-
-
-def _listed(value: str | None) -> frozenset[str]:
-    """A comma-separated query parameter as a set (bounded: it is the client's input)."""
-    if not value:
-        return frozenset()
-    return frozenset(item.strip()[:128] for item in value.split(",")[:500] if item.strip())
-
-
-async def _frames(
-    relay: Relay, subscription: Subscription, cursor: str | None
-) -> AsyncIterator[bytes]:
-    settings = relay.settings
-    try:
-        replay = await relay.replay(cursor, subscription)
-        subscription.skip({event.id for event in replay.events})
-        yield relay_event_frame(
-            Connected(
-                client_id=subscription.client_id,
-                server_time=utc_now(),
-                heartbeat_seconds=settings.heartbeat_seconds,
-                # What this client is sent, and nothing about what it is not.
-                replay=ReplayOutcome(
-                    requested=cursor, status=replay.status, replayed=len(replay.events)
-                ),
-            ),
-            retry_ms=settings.relay_retry_ms,
-        )
-        if replay.status == "resync":
-            yield relay_event_frame(Resync(reason=replay.reason))
-        async for frames in _replayed(subscription, replay.events):
-            yield frames
-        async for frames in _live(relay, subscription):
-            yield frames
-    finally:
-        relay.hub.unsubscribe(subscription)
-
-
-async def _replayed(subscription: Subscription, events: list[CloudEvent]) -> AsyncIterator[bytes]:
-    """The replayed events, framed (masked) for this client exactly as live ones, a slice
-    at a time with a turn of the event loop between, so other clients' writes go on."""
-    for start in range(0, len(events), REPLAY_SLICE):
-        framed = (subscription.frame_for(delivery(e)) for e in events[start : start + REPLAY_SLICE])
-        chunk = b"".join(frame for frame in framed if frame is not None)
-        if chunk:
-            yield chunk
-        await asyncio.sleep(0)
-
-
-async def _live(relay: Relay, subscription: Subscription) -> AsyncIterator[bytes]:
-    settings = relay.settings
-    expires_at = subscription.principal.expires_at if subscription.principal else None
-    while True:
-        wait = settings.heartbeat_seconds
-        if expires_at is not None:
-            remaining = expires_at - time.time()
-            if remaining <= 0:
-                # The client gets a new ticket or token and resumes with its last id.
-                relay.hub.stats["closed_auth_expired"] += 1
-                yield relay_event_frame(AuthExpired())
-                return
-            wait = min(wait, remaining)
-        try:
-            frames = await subscription.next_frames(wait)
-        except SubscriptionClosedError as closed:
-            if closed.final_frame:
-                yield closed.final_frame
-            return
-        if frames:
-            yield b"".join(frames)
-        elif expires_at is None or expires_at - time.time() > 0:
-            yield relay_event_frame(Heartbeat(server_time=utc_now()))

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from cmlfleet.identity import Principal
+
 T = TypeVar("T")
+
+
+def principal_key(principal: Principal | None) -> str:
+    """Whose stream or replay this is, for the limits: the `sub`, which is never reused."""
+    return principal.subject if principal is not None else "anonymous"
 
 
 class BusyError(Exception):

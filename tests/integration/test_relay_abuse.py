@@ -21,6 +21,7 @@ from cmlfleet.events.envelope import CloudEvent
 from cmlfleet.identity import StaticSigningKeys, TokenVerifier
 from devstack.issuer import DevelopmentIssuer
 from relay import app as relay_app
+from relay import stream as relay_stream
 from relay.auth import StreamAuthenticator
 from relay.hub import Delivery
 from tests.integration.test_relay_auth import bearer, status
@@ -90,7 +91,7 @@ def bobs_events(count: int) -> list[CloudEvent]:
     return [status("bob", f"w-{n % 50:04d}", n + 1) for n in range(count)]
 
 
-def connected(relay: RelayThread, headers: dict[str, str]) -> dict[str, Any]:
+def connected(relay: RelayThread, headers: Any) -> dict[str, Any]:
     """The `replay` of a fresh stream's `connected` event (then the stream is closed)."""
     with SseStream(stream_url(relay), headers=headers) as stream:
         first = stream.next()
@@ -111,13 +112,13 @@ def test_m1_a_replay_of_events_the_client_may_not_see_frames_none_of_them(
     events = bobs_events(3000)
     published(relay, events)
     framed: list[str] = []
-    real_delivery = relay_app.delivery
+    real_delivery = relay_stream.delivery
 
     def counting(event: CloudEvent) -> Delivery:
         framed.append(event.id)
         return real_delivery(event)
 
-    monkeypatch.setattr(relay_app, "delivery", counting)
+    monkeypatch.setattr(relay_stream, "delivery", counting)
     alice = bearer(issuer, "alice", "user") | {"Last-Event-ID": events[0].id}
     assert connected(relay, alice) == {
         "requested": events[0].id,
@@ -206,6 +207,13 @@ def test_m1_one_address_holds_at_most_its_cap_and_the_balancers_header_names_it(
                 stream_url(relay), headers=bearer(issuer, "c", "user") | spoofed, timeout=5
             )
             assert again.status_code == 429
+            # Two header lines are one list: the balancer's entry is still the last.
+            token = list(bearer(issuer, "c", "user").items())
+            xff = "X-Forwarded-For"
+            two_lines = [*token, (xff, "203.0.113.7"), (xff, "198.51.100.9")]
+            assert connected(relay, two_lines)["status"] == "none"  # 198.51.100.9 is new
+            hidden = [*token, (xff, "198.51.100.1"), (xff, "203.0.113.7")]
+            assert httpx.get(stream_url(relay), headers=hidden, timeout=5).status_code == 429
             elsewhere = bearer(issuer, "c", "user") | {"X-Forwarded-For": "198.51.100.1"}
             assert connected(relay, elsewhere)["status"] == "none"
 
