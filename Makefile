@@ -8,7 +8,7 @@ REQUIREMENTS := requirements/dev.txt requirements/constraints.txt \
 export PYTHONPATH := $(CURDIR)/layers/cmlfleet/python:$(CURDIR)/relay_service:$(CURDIR)/functions/api:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv lint typecheck test test-fast test-js iam-simulator browser screenshot soak run event token bench bench-jobs bench-local bench-relay clean lock
+.PHONY: help venv lint typecheck test test-fast test-js iam-simulator browser screenshot soak run event token bench bench-jobs bench-local bench-relay bench-hostile clean lock
 
 # Debian's packages, installed when absent (as root, or through sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -81,7 +81,7 @@ token: $(STAMP)
 event: $(STAMP)
 	$(PY) -m devstack ec2-event $(ARGS)
 
-bench: bench-jobs bench-local bench-relay
+bench: bench-jobs bench-local bench-relay bench-hostile
 
 bench-jobs: $(STAMP)
 	$(PY) -m benchmarks.jobs --workers 1000
@@ -93,6 +93,10 @@ bench-local: $(STAMP)
 bench-relay: $(STAMP)
 	@command -v pushpin >/dev/null || { apt-get update -qq && apt-get install -y -qq pushpin; }
 	$(PY) -m benchmarks.relay --out .devstack/relay-bench.json
+
+# Issue 13: a hostile client reconnecting with old cursors beside 1,000 honest streams.
+bench-hostile: $(STAMP)
+	$(PY) -m benchmarks.hostile --out .devstack/hostile-bench.json
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude pip > requirements/constraints.txt.new

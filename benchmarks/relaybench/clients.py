@@ -42,6 +42,7 @@ class Stream(asyncio.Protocol):
         "count",
         "crlf_due",
         "head_done",
+        "label",
         "last_seq",
         "ready",
         "request",
@@ -49,9 +50,12 @@ class Stream(asyncio.Protocol):
         "worker",
     )
 
-    def __init__(self, worker: Worker, request: bytes, ready: asyncio.Future[None]) -> None:
+    def __init__(
+        self, worker: Worker, request: bytes, ready: asyncio.Future[None], label: int = -1
+    ) -> None:
         self.worker = worker
         self.request = request
+        self.label = label  # which of the `authorizations` it connected with (-1: none)
         self.ready: asyncio.Future[None] | None = ready
         self.transport: asyncio.Transport | None = None
         self.head_done = False
@@ -222,24 +226,43 @@ class Worker:
         concurrency: int,
         rate: float,
         seconds_each: float,
+        authorizations: list[str] | None = None,
+        offset: int = 0,
+        source_addresses: list[str] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
-        request = (
+        head = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
-            "User-Agent: relaybench\r\n\r\n"
-        ).encode()
+            "User-Agent: relaybench\r\n"
+        )
         outcomes: Counter[str] = Counter()
         gate = asyncio.Semaphore(concurrency)
         started = time.monotonic()
 
-        async def one() -> None:
+        def request_for(k: int) -> tuple[bytes, int]:
+            """Connection `k`'s request, with the next of `authorizations` in turn if any."""
+            if not authorizations:
+                return (head + "\r\n").encode(), -1
+            label = (offset + k) % len(authorizations)
+            return f"{head}Authorization: {authorizations[label]}\r\n\r\n".encode(), label
+
+        def source_for(k: int) -> tuple[str, int] | None:
+            """Connection `k`'s local address, the next of `source_addresses` in turn if any."""
+            if not source_addresses:
+                return None
+            return source_addresses[(offset + k) % len(source_addresses)], 0
+
+        async def one(k: int) -> None:
             async with gate:
                 ready: asyncio.Future[None] = loop.create_future()
-                stream = Stream(self, request, ready)
+                request, label = request_for(k)
+                stream = Stream(self, request, ready, label)
                 try:
                     async with asyncio.timeout(seconds_each):
-                        await loop.create_connection(lambda: stream, "127.0.0.1", port)
+                        await loop.create_connection(
+                            lambda: stream, "127.0.0.1", port, local_addr=source_for(k)
+                        )
                         await ready
                 except Exception as error:
                     reason = str(error) if isinstance(error, HttpStatusError) else None
@@ -257,7 +280,7 @@ class Worker:
             delay = started + k / rate - time.monotonic() if rate > 0 else 0
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(loop.create_task(one()))
+            tasks.append(loop.create_task(one(k)))
         await asyncio.gather(*tasks)
         self.pipe.send(
             {
@@ -296,8 +319,20 @@ class Worker:
             "open": self.open_count(),
             "complete": sum(1 for c in counts if c >= expected_per_conn),
             "min_count": min(counts, default=0),
+            "by_label": self._counts_by_label(),
             "latencies": self.latencies.tobytes(),
         }
+
+    def _counts_by_label(self) -> dict[int, list[int]]:
+        """label → [streams, fewest frames one of them received, most]."""
+        by_label: dict[int, list[int]] = {}
+        for stream in self.streams:
+            if stream.label >= 0:
+                entry = by_label.setdefault(stream.label, [0, stream.count, stream.count])
+                entry[0] += 1
+                entry[1] = min(entry[1], stream.count)
+                entry[2] = max(entry[2], stream.count)
+        return by_label
 
     def cmd_close(self) -> dict[str, Any]:
         closed = self._close_all()
@@ -363,14 +398,31 @@ class ClientPool:
         return self._gather(timeout)
 
     def connect(
-        self, port: int, path: str, total: int, *, concurrency: int, rate: float, timeout: float
+        self,
+        port: int,
+        path: str,
+        total: int,
+        *,
+        concurrency: int,
+        rate: float,
+        timeout: float,
+        authorizations: list[str] | None = None,
+        source_addresses: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Open `total` more connections, spread over the workers; what happened to them."""
+        """Open `total` more connections, spread over the workers; what happened to them.
+
+        With `authorizations` (`Authorization` header values), connection k of the `total`
+        sends the (k mod n)th, and its stream is labelled with that index in `report`.
+        With `source_addresses` (loopback addresses: Linux routes all of 127.0.0.0/8 to
+        `lo`), connection k's socket is bound to the (k mod m)th before it connects, so
+        the server sees it come from there.
+        """
         shares = [total // len(self.pipes)] * len(self.pipes)
         for index in range(total % len(self.pipes)):
             shares[index] += 1
+        offset = 0
         for pipe, share in zip(self.pipes, shares, strict=True):
-            args = {
+            args: dict[str, Any] = {
                 "port": port,
                 "path": path,
                 "count": share,
@@ -378,6 +430,12 @@ class ClientPool:
                 "rate": rate / len(self.pipes),
                 "seconds_each": timeout,
             }
+            if authorizations:
+                args |= {"authorizations": authorizations}
+            if source_addresses:
+                args |= {"source_addresses": source_addresses}
+            args["offset"] = offset
+            offset += share
             pipe.send(("connect", args))
         budget = timeout + total / max(rate, 1.0) * 2 + 30
         replies = self._gather(budget)
@@ -409,6 +467,12 @@ class ClientPool:
         for reply in replies:
             latencies.frombytes(reply.pop("latencies"))
         firsts = [r["first_ns"] for r in replies if r["first_ns"]]
+        by_label: dict[int, list[int]] = {}
+        for reply in replies:
+            for label, (streams, fewest, most) in reply["by_label"].items():
+                entry = by_label.setdefault(int(label), [0, fewest, most])
+                entry[0] += streams
+                entry[1], entry[2] = min(entry[1], fewest), max(entry[2], most)
         return {
             "total": sum(r["total"] for r in replies),
             "first_ns": min(firsts, default=0),
@@ -418,11 +482,12 @@ class ClientPool:
             "open": sum(r["open"] for r in replies),
             "complete": sum(r["complete"] for r in replies),
             "min_count": min((r["min_count"] for r in replies), default=0),
+            "by_label": by_label,
             "latencies_ns": latencies,
         }
 
     def close_all(self) -> int:
-        closed = sum(r["closed"] for r in self.call("close", timeout=60))
+        closed: int = sum(r["closed"] for r in self.call("close", timeout=60))
         self.connected = 0
         return closed
 

@@ -11,7 +11,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 STREAM_PATH = "/api/events/stream"
@@ -92,6 +94,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds used so far by each thread of `pid` (thread id → s)."""
+    found: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for entry in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return found
+
+
 def cpu_split(pids: list[int]) -> tuple[float, float]:
     """(user, system) CPU seconds used so far by these processes."""
     user = system = 0
@@ -126,7 +142,8 @@ def descendants(root: int) -> list[int]:
         fields = _stat_fields(int(entry.name))
         if fields is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
+    found: list[int] = []
+    todo = [root]
     while todo and len(found) < 1000:
         pid = todo.pop()
         found.append(pid)
@@ -164,24 +181,35 @@ def machine_busy_jiffies() -> tuple[int, int]:
 # --- events ----------------------------------------------------------------------------
 
 
-def bench_events(phase: int, first_seq: int, count: int) -> list[object]:
-    """`count` real `worker.status.updated` CloudEvents, each stamped with its send time."""
+def bench_events(phase: int, first_seq: int, count: int, owners: Sequence[str] = ()) -> list[Any]:
+    """`count` real `worker.status.updated` CloudEvents, each stamped with its send time.
+
+    All are about `WORKER_ID` of alice, unless `owners` is given: then event `seq` is
+    about the worker `worker_of(owner)` of `owners[seq % len(owners)]`.
+    """
     from cmlfleet.events.catalog import WorkerStatusUpdated
     from cmlfleet.events.envelope import make_event
 
     events = []
     for seq in range(first_seq, first_seq + count):
+        owner = owners[seq % len(owners)] if owners else "alice"
+        worker_id = worker_of(owner) if owners else WORKER_ID
         sent = time.time_ns()
         payload = WorkerStatusUpdated(
-            worker_id=WORKER_ID,
+            worker_id=worker_id,
             old_status="running",
             new_status="stopping",
             ec2_state="stopping",
             transition_started_at=None,
             reason=f"bench:{phase}:{seq}:{sent}:",
         )
-        events.append(make_event(payload, worker_id=WORKER_ID, version=seq + 1, owner="alice"))
+        events.append(make_event(payload, worker_id=worker_id, version=seq + 1, owner=owner))
     return events
+
+
+def worker_of(owner: str) -> str:
+    """The one worker `owner` has in a benchmark with several owners."""
+    return f"w-bench-{owner}"
 
 
 def percentile(ordered: list[int] | list[float], fraction: float) -> float | None:

@@ -7,8 +7,15 @@ batches from one TCP connection on 127.0.0.1 (one CloudEvent JSON per line, a bl
 ends a batch), parses them as the SQS bus does and hands them to the relay's sink.
 
 Lines starting with "!" are commands (JSON), answered with one JSON line: `stats`
-(hub counters), `objects` (live objects by type, for per-connection memory),
-`profile_start` / `profile_stop` (cProfile of the event loop's thread).
+(hub counters; the addresses the per-address limits count, as the relay saw them),
+`objects` (live objects by type, for per-connection memory), `profile_start` /
+`profile_stop` (cProfile, started from the event loop's thread; on Python 3.12, where
+it rides on `sys.monitoring`, it records every thread's calls, wall-clock, interleaved).
+
+With `--jwks FILE --oidc-issuer URL --oidc-audience AUD` clients must send bearer
+tokens, verified as `relay.__main__` verifies them (`TokenVerifier`), with the keys from
+FILE (`StaticSigningKeys`) instead of a JWKS URL; nobody is let in anonymously. Any other
+setting (`RELAY_REPLAY_MAX`, say) comes from the environment, as in production.
 
 Usage: python -m benchmarks.relaybench.relay_server --port P --control-port C
 """
@@ -30,6 +37,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks.relaybench.common import LOOPBACK, raise_nofile, watchdog
@@ -167,6 +175,7 @@ class ControlBus:
         depths = hub.queue_depths()
         return {
             "clients": hub.client_count,
+            "ring_events": len(self.relay.ring),
             "stats": dict(hub.stats),
             "queue_depth_max": max(depths, default=0),
             "queue_depth_total": sum(depths),
@@ -177,6 +186,17 @@ class ControlBus:
             "http": self.http_impl,
             "gc": {str(g): dict(v) for g, v in GC_PAUSES.by_generation.items()},
             "gc_setting": {"enabled": gc.isenabled(), "threshold": gc.get_threshold()},
+            "limits": self._limits(),
+        }
+
+    def _limits(self) -> dict[str, Any]:
+        """Whom the relay's limits count: open streams per client address (the address as
+        the relay saw it, `scope["client"]`), and the addresses whose connects it rations."""
+        streams = getattr(self.relay.address_streams, "_open", {})
+        connects = getattr(self.relay.connects, "_buckets", {})
+        return {
+            "streams_by_address": dict(sorted(streams.items())[:200]),
+            "connect_addresses": sorted(connects)[:200],
         }
 
     def _objects(self, command: dict[str, Any]) -> Any:
@@ -246,6 +266,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=1800)
+    parser.add_argument("--jwks", help="bearer tokens only, signed with these keys (JSON)")
+    parser.add_argument("--oidc-issuer", default="", help="with --jwks: the tokens' issuer")
+    parser.add_argument("--oidc-audience", default="", help="with --jwks: their audience")
     parser.add_argument(
         "--gc",
         default="",
@@ -268,15 +291,33 @@ def main() -> None:
     from relay.runtime import tune_garbage_collector
     from relay.settings import RelaySettings
 
+    # Without --jwks every client is the one anonymous admin, all from 127.0.0.1: the
+    # per-principal and per-address stream caps (20 and 500 by default) and the connect
+    # rate per address would hold the fan-out scenarios to 20 clients, so they are lifted.
+    identity: dict[str, Any] = (
+        {"oidc_issuer": args.oidc_issuer, "oidc_audience": args.oidc_audience}
+        if args.jwks
+        else {
+            "relay_anonymous_role": "admin",
+            "relay_streams_per_principal": 100_000,
+            "relay_streams_per_address": 100_000,
+            "relay_connects_per_address_per_minute": 1_000_000,
+        }
+    )
     settings = RelaySettings(
         topic_arn="arn:aws:sns:us-east-1:123456789012:relaybench",
-        relay_anonymous_role="admin",
         relay_host=LOOPBACK,
         relay_port=args.port,
         relay_metrics_port=0,
+        **identity,
     )
     bus = ControlBus(args.control_port)
-    app = create_app(settings, bus, None, build_authenticator(settings))
+    authenticator = (
+        token_authenticator(settings, Path(args.jwks))
+        if args.jwks
+        else build_authenticator(settings)
+    )
+    app = create_app(settings, bus, None, authenticator)
     bus.relay = app.state.relay
     bus.freeze_gc = args.gc == "freeze"
     # uvicorn's "auto" picks uvloop and httptools when importable, else asyncio and h11.
@@ -293,6 +334,20 @@ def main() -> None:
     if not args.gc:  # production's setting, as `relay.__main__.main` applies it
         tune_garbage_collector()
     RelayServer(config, app.state.relay).run()
+
+
+def token_authenticator(settings: Any, jwks: Path) -> Any:
+    """Bearer tokens only, checked as `relay.__main__.build_authenticator` checks them."""
+    from cmlfleet.identity import StaticSigningKeys, TokenVerifier
+    from relay.auth import StreamAuthenticator
+
+    verifier = TokenVerifier(
+        issuer=settings.oidc_issuer,
+        audience=settings.oidc_audience,
+        keys=StaticSigningKeys(json.loads(jwks.read_text())),
+        roles_claim=settings.roles_claim,
+    )
+    return StreamAuthenticator(verifier=verifier, tickets=None)
 
 
 if __name__ == "__main__":

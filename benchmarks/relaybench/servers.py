@@ -59,13 +59,15 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 20.0)
         process.wait(10)
 
 
-def probe_stream(port: int, timeout: float) -> bool:
+def probe_stream(port: int, timeout: float, authorization: str | None = None) -> bool:
     """One SSE request: does a 200 with a first frame come back?"""
     deadline = time.monotonic() + timeout
+    credentials = f"Authorization: {authorization}\r\n" if authorization else ""
+    request = f"GET {STREAM_PATH} HTTP/1.1\r\nHost: bench\r\n{credentials}\r\n".encode()
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((LOOPBACK, port), timeout=2) as sock:
-                sock.sendall(f"GET {STREAM_PATH} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                sock.sendall(request)
                 received = b""
                 for _ in range(100):
                     chunk = sock.recv(65536)
@@ -81,15 +83,29 @@ def probe_stream(port: int, timeout: float) -> bool:
 
 
 class RelayServer:
+    """The relay process; `extra_args`, `environment` and `probe_authorization` serve
+    benchmarks that configure it further (token authentication, limits: hostile.py)."""
+
     name = "relay"
 
     def __init__(
-        self, workdir: Path, max_seconds: float, extra_path: str | None = None, gc: str = ""
+        self,
+        workdir: Path,
+        max_seconds: float,
+        extra_path: str | None = None,
+        gc: str = "",
+        *,
+        extra_args: list[str] | None = None,
+        environment: dict[str, str] | None = None,
+        probe_authorization: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.max_seconds = max_seconds
         self.gc = gc  # what-if GC setting for the relay process; "" = as production
         self.extra_path = extra_path  # e.g. a directory with uvloop and httptools (what-if)
+        self.extra_args = extra_args or []
+        self.environment = environment or {}
+        self.probe_authorization = probe_authorization
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._control: socket.socket | None = None
@@ -112,14 +128,15 @@ class RelayServer:
                 str(self.max_seconds),
                 "--gc",
                 self.gc,
+                *self.extra_args,
             ],
             cwd=ROOT,
-            env=python_env(self.extra_path),
+            env=python_env(self.extra_path) | self.environment,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=child_setup,
         )
-        if not (wait_port(self.port, 30) and probe_stream(self.port, 15)):
+        if not (wait_port(self.port, 30) and probe_stream(self.port, 15, self.probe_authorization)):
             self.stop()
             raise RuntimeError(f"relay did not start; see {self.workdir / 'relay.log'}")
         self._control = socket.create_connection((LOOPBACK, control_port), timeout=60)
