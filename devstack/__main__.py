@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback --host: anyone who can reach it gets admin tokens",
+        help="allow --host 0.0.0.0 (or ::): anyone who can reach it gets admin tokens",
     )
     run.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     run.add_argument("--demo-workers", type=int, default=3, choices=range(4))
@@ -213,19 +213,31 @@ def check_exposure(host: str, port: int, *, allow_remote: bool) -> None:
     Refused by default, not only warned about: `/auth/dev/token` hands admin tokens to
     anyone who asks, and a warning scrolls away in the start-up output of a `--host 0.0.0.0`
     typed from habit (containers, VMs). Opening the stack to the network must be a choice.
+
+    One address beyond loopback (a LAN IP) is refused either way: the API and the relay
+    fetch the issuer's keys on loopback, which a stack bound to that address alone does not
+    answer, so every sign-in would fail. A wildcard listens on loopback too.
     """
-    from devstack.origin import accepted_hosts, is_loopback
+    from devstack.origin import WILDCARD_HOSTS, accepted_hosts, is_loopback
 
     if is_loopback(host):
         return
+    remote = "bind to 0.0.0.0 with --allow-remote to reach it from other machines"
     exposed = (
         "anyone who can reach it can take admin tokens from /auth/dev/token "
         "and use the whole API and simulated fleet"
     )
     if not allow_remote:
+        instead = "add --allow-remote" if host in WILDCARD_HOSTS else remote
         raise DevstackError(
             f"--host {host} would open the local stack to the network: {exposed}. "
-            "Keep the default 127.0.0.1, or add --allow-remote (development only)."
+            f"Keep the default 127.0.0.1, or {instead} (development only)."
+        )
+    if host not in WILDCARD_HOSTS:
+        raise DevstackError(
+            f"--host {host} cannot run the local stack: its API and relay fetch the "
+            f"issuer's keys on this machine's loopback, which a stack listening on {host} "
+            f"alone does not answer. Keep the default 127.0.0.1, or {remote}."
         )
     names = ", ".join(sorted(accepted_hosts(host, port)))
     print(

@@ -25,6 +25,20 @@ from devstack.relayproc import RelayProcess
 from devstack.stack import ACCOUNT_ID, LOCAL_PARAMETERS, LocalStack, free_port
 
 log = logging.getLogger("devstack")
+
+
+def local_issuer_url(host: str, port: int) -> str:
+    """The development issuer's URL for an origin listening on `host`: a loopback address
+    that origin answers on (127.0.0.1 for `localhost` and 0.0.0.0, ::1 for ::)."""
+    bare = host.strip("[]")
+    if bare in ("localhost", "0.0.0.0"):
+        bare = "127.0.0.1"
+    elif bare == "::":
+        bare = "::1"
+    address = f"[{bare}]" if ":" in bare else bare
+    return f"http://{address}:{port}/auth"
+
+
 # The API's docs page (Swagger UI from a CDN) is for the developer here, never deployed.
 LOCAL_API_ENVIRONMENT = {"API_DOCS": "true"}
 
@@ -56,9 +70,10 @@ class FleetStack:
         """Start everything; `before_simulation(stack)` runs while EC2 is still quiet."""
         self.port = self.port or free_port(self.host)
         _forget_api_adapters()
-        # The functions and the relay reach the issuer on this machine, whatever address the
-        # origin is bound to; its keys are fetched over http only on loopback.
-        self.issuer = DevelopmentIssuer(f"http://127.0.0.1:{self.port}/auth", DEV_AUDIENCE)
+        # The functions and the relay fetch the issuer's keys over http, which they allow on
+        # loopback only: on a loopback address the origin listens on (`local_issuer_url`),
+        # so `--host` is loopback or a wildcard (`check_exposure` refuses one LAN address).
+        self.issuer = DevelopmentIssuer(local_issuer_url(self.host, self.port), DEV_AUDIENCE)
         # Over HTTPS, so the collectors pin each worker's certificate as on AWS.
         self.cml = cml = CmlSimulator().start(
             tick_every=60 / self.schedule_speedup, tls=self.cml_tls

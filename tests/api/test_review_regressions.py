@@ -9,6 +9,7 @@ import pytest
 
 from cmlfleet.adapters.repository import ConcurrentModificationError
 from cmlfleet.identity import AuthenticationError, JwksSigningKeys
+from devstack.issuer import DevelopmentIssuer
 from tests.api.conftest import AMI, Api
 
 
@@ -55,15 +56,25 @@ def test_a_command_that_loses_a_race_with_another_writer_is_a_409(
     assert response.json()["error"]["code"] == "conflict"
 
 
-@pytest.mark.parametrize("failure", [jwt.PyJWKSetError("no keys"), ValueError("html page")])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ValueError("an HTML page is no JSON"),
+        jwt.PyJWKClientError("The JWKS endpoint did not return a JSON object"),
+        {"message": "Internal server error"},
+    ],
+    ids=["not-json", "not-an-object", "object-without-keys"],
+)
 def test_an_unusable_key_set_is_an_authentication_error_not_a_crash(
-    failure: Exception, monkeypatch: pytest.MonkeyPatch
+    answer: Exception | dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keys = JwksSigningKeys("http://127.0.0.1:1/.well-known/jwks.json")
 
-    def fail(_: str) -> Any:
-        raise failure
+    def fetch() -> Any:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    monkeypatch.setattr(keys._client, "get_signing_key_from_jwt", fail)
+    monkeypatch.setattr(keys._client, "fetch_data", fetch)
     with pytest.raises(AuthenticationError, match="unusable"):
-        keys.key_for("any.token.here")
+        keys.key_for(DevelopmentIssuer("https://idp.test").token("ada", "admin"))

@@ -13,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from cmlfleet.identity import require_https
 from devstack.__main__ import DevstackError, check_exposure, main
+from devstack.fleetstack import local_issuer_url
 from devstack.origin import LocalOrigin, accepted_hosts, is_loopback
 
 PORT = 8080
@@ -129,3 +131,56 @@ def test_l10_allow_remote_starts_with_a_warning_of_what_is_exposed(
     assert "/auth/dev/token" in err
     assert "admin" in err
     assert "development only" in err
+
+
+# ---------------------------------------------------------------- one address beyond loopback
+
+
+@pytest.mark.parametrize("host", ["192.168.1.10", "10.0.0.7", "fe80::1", "dev-box.example"])
+@pytest.mark.parametrize("allow_remote", [True, False])
+def test_l10_one_address_beyond_loopback_is_refused_even_with_allow_remote(
+    host: str, allow_remote: bool
+) -> None:
+    """The functions and the relay fetch the issuer's keys on loopback, which a stack bound
+    to one LAN address does not answer: sign-in would fail on every request."""
+    with pytest.raises(DevstackError) as refused:
+        check_exposure(host, PORT, allow_remote=allow_remote)
+    message = str(refused.value)
+    assert "bind to 0.0.0.0 with --allow-remote to reach it from other machines" in message
+
+
+def test_l10_the_cli_refuses_a_lan_address_with_allow_remote_before_binding_anything(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def port_check(host: str, port: int) -> None:
+        raise AssertionError(f"reached the port check for {host}:{port}")
+
+    monkeypatch.setattr("devstack.__main__._check_port_free", port_check)
+    assert main(["run", "--host", "192.168.1.10", "--allow-remote", "--port", "8080"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("devstack: --host 192.168.1.10")
+    assert "bind to 0.0.0.0 with --allow-remote" in err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_l10_a_wildcard_with_allow_remote_still_starts(host: str) -> None:
+    check_exposure(host, PORT, allow_remote=True)  # a warning, no refusal
+
+
+@pytest.mark.parametrize(
+    ("host", "issuer"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8080/auth"),
+        ("localhost", "http://127.0.0.1:8080/auth"),  # the origin binds it as 127.0.0.1
+        ("0.0.0.0", "http://127.0.0.1:8080/auth"),
+        ("::", "http://[::1]:8080/auth"),  # answered even where :: takes IPv6 alone
+        ("127.0.0.2", "http://127.0.0.2:8080/auth"),
+        ("::1", "http://[::1]:8080/auth"),
+        ("[::1]", "http://[::1]:8080/auth"),
+    ],
+)
+def test_l10_the_issuer_is_on_a_loopback_address_the_origin_listens_on(
+    host: str, issuer: str
+) -> None:
+    assert local_issuer_url(host, PORT) == issuer
+    assert require_https(issuer, "the issuer")  # its keys may be fetched over http

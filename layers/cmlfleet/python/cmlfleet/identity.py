@@ -15,8 +15,10 @@ beside the immutable `sub` (names can be given again, subs cannot).
 from __future__ import annotations
 
 import ipaddress
+import math
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -31,11 +33,19 @@ CLOCK_SKEW_SECONDS = 30
 MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600
 # How long a fetched key set is trusted: this bounds how long a key the issuer removed
 # (after a leak, say) keeps working here, at the cost of one fetch per process every five
-# minutes. An unknown kid refetches sooner (at most every 30 s, PyJWT's cooldown).
+# minutes. An unknown kid refetches sooner (at most every 30 s).
 JWKS_LIFESPAN_SECONDS = 300
+JWKS_UNKNOWN_KID_REFETCH_SECONDS = 30
 # While the issuer's key set cannot be fetched, the last one fetched stands this much longer
 # (an outage must not sign everyone out); a fetch that succeeds replaces it at once.
 JWKS_STALE_SECONDS = 3600
+# After a failed fetch nothing is fetched for this long: the held set answers meanwhile (or
+# nothing does), so a blackholed issuer delays one request per period, not every request.
+JWKS_RETRY_AFTER_SECONDS = 30
+# A fetch waits this long for the issuer (per connect and per read), holding up the request.
+JWKS_FETCH_TIMEOUT_SECONDS = 2
+KEYS_UNAVAILABLE = "the identity provider's keys are unavailable"
+KEYS_UNUSABLE = "the identity provider's keys are unusable"
 # Ownership is decided by this name, so it must be a claim the issuer asserts: never
 # `preferred_username`, which many identity providers let the user edit.
 DEFAULT_OWNER_CLAIM = "cognito:username"
@@ -108,12 +118,19 @@ class SigningKeys(Protocol):
 
 
 class JwksSigningKeys:
-    """Keys fetched from the issuer's JWKS URL, the set cached for `lifespan` seconds.
+    """Keys fetched from the issuer's JWKS URL, the set trusted for `lifespan` seconds.
 
-    An unknown `kid` refetches the set (at most every 30 s). No key is cached apart from
-    the set (`cache_keys=False`): PyJWT's per-kid cache never expires, so a key the issuer
-    removed would stay trusted for the life of the process (M2). If a refetch fails, the
-    set fetched last serves `stale_for` seconds more.
+    An unknown `kid` refetches the set (at most every 30 s). No key outlives the set it came
+    in: a key the issuer removed is refused at the next refresh (M2). The set fetched last
+    stands in, `stale_for` seconds past its lifespan, while the issuer cannot be reached or
+    answers with something that is not a key set (an HTML error page, say); after such a
+    failure nothing is fetched for `retry_after` seconds. A key set that is well formed but
+    holds no key this service can use (`{"keys": []}`: an emergency revocation) is the
+    issuer's answer like any other: every token is refused, with no fallback.
+
+    One request fetches at a time; meanwhile the others are answered by the held set if it
+    has their key and may still stand in, and otherwise wait for the fetch. `clock` is a
+    monotonic clock (injected by tests).
     """
 
     def __init__(
@@ -122,38 +139,108 @@ class JwksSigningKeys:
         *,
         lifespan: float = JWKS_LIFESPAN_SECONDS,
         stale_for: float = JWKS_STALE_SECONDS,
+        retry_after: float = JWKS_RETRY_AFTER_SECONDS,
+        timeout: float = JWKS_FETCH_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         require_https(jwks_url, "the JWKS URL")
-        self._client = PyJWKClient(jwks_url, cache_keys=False, lifespan=lifespan, timeout=5)
-        self._usable_until = lifespan + stale_for  # seconds after a successful fetch
+        # PyJWT only fetches (http(s) only, no redirects); the set is kept and aged here.
+        self._client = PyJWKClient(jwks_url, cache_jwk_set=False, cache_keys=False, timeout=timeout)
+        self._lifespan, self._stale_for, self._retry_after = lifespan, stale_for, retry_after
+        self._clock = clock
+        self._keys: dict[str, Any] | None = None  # by kid, from the last successful fetch
+        self._fetched_at = 0.0  # when that was
+        self._attempted_at = -math.inf  # when the last fetch ended, either way
+        self._failure: str | None = None  # why the last fetch failed; None if it did not
+        self._state = threading.Lock()  # guards the fields above
+        self._fetching = threading.Lock()  # held by the one request fetching
 
     def key_for(self, token: str) -> Any:
         try:
-            return self._client.get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientConnectionError:
-            unavailable = "the identity provider's keys are unavailable"
-        except jwt.PyJWKClientError:
-            raise AuthenticationError("token signed with an unknown key") from None
-        except (jwt.PyJWTError, ValueError):
-            # An empty or garbled key set (say an HTML error page) must not become a 500.
-            unavailable = "the identity provider's keys are unusable"
-        key = self._last_fetched_key(token)
-        if key is None:
-            raise AuthenticationError(unavailable)
-        return key
-
-    def _last_fetched_key(self, token: str) -> Any | None:
-        """The token's key in the set fetched last, if that is not too old to stand in."""
-        cache = self._client.jwk_set_cache
-        held = cache.jwk_set_with_timestamp if cache is not None else None
-        if held is None or time.monotonic() > held.get_timestamp() + self._usable_until:
-            return None
-        try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
-            return None
-        found = self._client.match_kid(held.get_jwk_set().keys, kid) if kid else None
-        return None if found is None else found.key
+            raise AuthenticationError("malformed token") from None
+        kid = kid if isinstance(kid, str) else None
+        key = self._key_set(kid).get(kid) if kid is not None else None
+        if key is None:
+            raise AuthenticationError("token signed with an unknown key")
+        return key
+
+    def _key_set(self, kid: str | None) -> dict[str, Any]:
+        """The keys to look `kid` up in, fetched first if due; AuthenticationError if none."""
+        while True:
+            with self._state:
+                now = self._clock()
+                if not self._fetch_due(kid, now):
+                    return self._held_or_refuse(now)
+                if self._fetching.acquire(blocking=False):
+                    break
+                if self._keys is not None and kid in self._keys and self._may_stand_in(now):
+                    return self._keys  # another request is fetching; this one need not wait
+            with self._fetching:  # wait for that fetch, then decide again
+                pass
+        try:
+            outcome = self._fetch()
+            with self._state:
+                now = self._attempted_at = self._clock()
+                if isinstance(outcome, str):
+                    self._failure = outcome
+                else:
+                    self._keys, self._fetched_at, self._failure = outcome, now, None
+                return self._held_or_refuse(now)
+        finally:
+            self._fetching.release()
+
+    def _fetch_due(self, kid: str | None, now: float) -> bool:
+        if self._failure is not None and now < self._attempted_at + self._retry_after:
+            return False  # it failed a moment ago: do not hold up this request too
+        if self._keys is None or now >= self._fetched_at + self._lifespan:
+            return True
+        return (
+            kid is not None
+            and kid not in self._keys
+            and now >= self._attempted_at + JWKS_UNKNOWN_KID_REFETCH_SECONDS
+        )
+
+    def _may_stand_in(self, now: float) -> bool:
+        return now <= self._fetched_at + self._lifespan + self._stale_for
+
+    def _held_or_refuse(self, now: float) -> dict[str, Any]:
+        if self._keys is not None and self._may_stand_in(now):
+            return self._keys
+        raise AuthenticationError(self._failure or KEYS_UNAVAILABLE)
+
+    def _fetch(self) -> dict[str, Any] | str:
+        """The issuer's signing keys by kid, or why there are none to be had (a reason)."""
+        try:
+            document = self._client.fetch_data()
+        except (jwt.PyJWKClientConnectionError, OSError):
+            return KEYS_UNAVAILABLE
+        except (jwt.PyJWKClientError, ValueError):
+            return KEYS_UNUSABLE  # not JSON, or not a JSON object
+        keys = document.get("keys")
+        if not isinstance(keys, list):
+            return KEYS_UNUSABLE  # a JSON object, but no key set
+        return signing_keys(keys)
+
+
+def signing_keys(entries: list[Any]) -> dict[str, Any]:
+    """The RSA signing keys among a JWKS's `keys`, by kid (the first of a kid); the others
+    are skipped, even all of them. Only RSA: tokens are verified with RS256 alone."""
+    found: dict[str, Any] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        if entry.get("kty") != "RSA":
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or kid in found:
+            continue
+        try:
+            found[kid] = jwt.PyJWK(entry).key
+        except jwt.PyJWTError:
+            continue  # a kind of key this service cannot use
+    return found
 
 
 class StaticSigningKeys:
