@@ -27,6 +27,7 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from moto import mock_aws
 
 from cmlfleet.adapters.repository import INSTANCE_INDEX
+from cmlfleet.identity import require_https
 from cmlfleet.settings import FleetSettings
 from devstack.stack import LOCAL_PARAMETERS
 from devstack.template import (
@@ -810,10 +811,82 @@ def test_m3_the_cml_credentials_may_be_one_secret_per_worker_and_tls_is_verified
     assert variables["CML_CA_BUNDLE"] == ref("CmlCaBundle")
 
 
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("cml-fleet/cml/{worker_id}", True),
+        ("cml/{worker_id}/login", True),
+        ("{worker_id}", False),  # the IAM resource would be secret:*-??????, every secret
+        ("{worker_id}/cml", False),
+        ("cml-{worker_id}", False),  # every secret whose name starts cml-
+        ("/{worker_id}", False),
+        ("cml/{worker_id}{worker_id}", False),
+    ],
+)
+def test_m3_a_per_worker_secret_name_has_a_fixed_prefix_ending_in_a_slash_as_the_code_checks(
+    cfn: dict[str, Any], name: str, allowed: bool
+) -> None:
+    """{worker_id} becomes * in the IAM resource: only a fixed folder before it keeps the
+    functions from reading every secret; the settings refuse what the parameter refuses."""
+    pattern = re.compile(cfn["Parameters"]["CmlCredentialsSecretName"]["AllowedPattern"])
+    assert bool(pattern.match(name)) is allowed
+    required = {"table_name": "workers", "idempotency_table_name": "idem"}
+    topic = "arn:aws:sns:us-east-1:123456789012:events"
+    try:
+        FleetSettings(**required, topic_arn=topic, cml_credentials_secret=name)
+    except ValueError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is allowed
+
+
 # ---- 11. identity -----------------------------------------------------------------------
 
 COGNITO_HOST = "${UserPoolDomain}.auth.${AWS::Region}.amazoncognito.com"
 COGNITO_ISSUER = "https://cognito-idp.${AWS::Region}.amazonaws.com/${UserPool}"
+
+
+@pytest.mark.parametrize("parameter", ["OidcIssuer", "OidcJwksUrl"])
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbC", True),
+        ("https://idp.corp/realms/fleet/protocol/openid-connect/certs", True),
+        ("http://127.0.0.1:9000/auth", True),  # the local stack's issuer
+        ("http://localhost:8080/realms/fleet", True),
+        ("http://localhost", True),
+        ("http://idp.corp", False),  # keys over plain http from another machine
+        ("http://idp.corp/auth", False),
+        ("http://localhost@idp.corp/auth", False),  # the host is idp.corp
+        ("http://127.0.0.1.idp.corp/auth", False),
+        ("http://127.0.0.1:9000@idp.corp/auth", False),
+        ("https://", False),
+        ("https://:443/keys", False),
+        ("ftp://idp.corp", False),
+        ("idp.corp", False),
+    ],
+)
+def test_l6_the_issuer_parameters_refuse_the_urls_the_code_refuses(
+    cfn: dict[str, Any], parameter: str, url: str, allowed: bool
+) -> None:
+    """https, or http on this machine only: a stack never deploys with settings that fail."""
+    pattern = re.compile(cfn["Parameters"][parameter]["AllowedPattern"])
+    assert bool(pattern.match(url)) is allowed
+    try:
+        require_https(url, parameter)
+    except ValueError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is allowed
+    assert pattern.match("")  # empty: Cognito, or the issuer's default JWKS URL
+
+
+def test_l6_the_local_stacks_issuer_passes_the_issuer_pattern(cfn: dict[str, Any]) -> None:
+    pattern = re.compile(cfn["Parameters"]["OidcIssuer"]["AllowedPattern"])
+    assert pattern.match(LOCAL_PARAMETERS["OidcIssuer"])
+    assert pattern.match("http://127.0.0.1:54321/auth")  # as FleetStack builds it, any port
 
 
 def if_branches(value: Any, condition: str) -> tuple[Any, Any]:

@@ -55,7 +55,7 @@ class FakeCml:
         self.calls = 0
         self.refused: set[str] = set()  # endpoints not admitted (no call may follow)
 
-    async def admit(self, worker_id: str, endpoint: str) -> None:
+    async def admit(self, worker: Worker, endpoint: str) -> None:
         if endpoint in self.refused:
             raise NotAdmittedError(endpoint, "awaits an admin's confirmation")
 

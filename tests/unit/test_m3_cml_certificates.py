@@ -15,8 +15,10 @@ from typing import Any
 
 import boto3
 import pytest
+from pydantic import ValidationError
 
 from cmlfleet import bootstrap
+from cmlfleet.adapters.ec2 import IMPORTABLE_TAG
 from cmlfleet.adapters.repository import (
     CmlCertificateStore,
     DynamoDbWorkerRepository,
@@ -33,7 +35,7 @@ from cmlfleet.domain.certificate import (
     fingerprint,
     first_contact,
 )
-from cmlfleet.domain.worker import register_worker
+from cmlfleet.domain.worker import Worker, register_worker
 from cmlfleet.identity import Principal, Role
 from cmlfleet.services.cml_certificates import CmlCertificateCommands
 from cmlfleet.services.commands import ForbiddenError, WorkerNotFoundError
@@ -59,13 +61,25 @@ def login_for(worker_id: str) -> Callable[[], CmlCredentials]:
     return lambda: LOGIN
 
 
+def worker(worker_id: str, *, imported: bool = False) -> Worker:
+    """A worker the fleet launched, or (`imported`) one adopted with the opt-in tag."""
+    return register_worker(
+        worker_id=worker_id,
+        name="lab",
+        owner="alice",
+        now=NOW,
+        instance_id="i-0abc",
+        tags={IMPORTABLE_TAG: "true"} if imported else None,
+    ).worker
+
+
 class Fetches:
     """A certificate fetch that counts its handshakes and shows `pem`."""
 
     def __init__(self, pem: str = PEM) -> None:
         self.pem, self.endpoints = pem, list[str]()
 
-    def __call__(self, endpoint: str, timeout: float) -> str:
+    async def __call__(self, endpoint: str, seconds: float) -> str:
         self.endpoints.append(endpoint)
         return self.pem
 
@@ -167,8 +181,8 @@ def test_m3_the_pin_is_an_item_of_its_own_and_no_worker(fleet_aws: FleetAws) -> 
 def test_m3_first_contact_fetches_and_pins_then_the_pin_is_used() -> None:
     store, fetch = InMemoryWorkerRepository(), Fetches()
     trust = pin_trust(store, fetch)
-    first = asyncio.run(trust.admission("w-1", ENDPOINT))
-    second = asyncio.run(trust.admission("w-1", ENDPOINT))
+    first = asyncio.run(trust.admission(worker("w-1"), ENDPOINT))
+    second = asyncio.run(trust.admission(worker("w-1"), ENDPOINT))
     assert fetch.endpoints == [ENDPOINT]  # one handshake, at first contact only
     assert first.pin == second.pin == fingerprint(PEM)
     assert first.verify is second.verify  # one SSL context per pinned certificate
@@ -180,12 +194,32 @@ def test_m3_an_imported_worker_is_refused_until_confirmed_and_its_certificate_is
     store.put_cml_certificate(awaiting_confirmation("w-2"), replacing=None)
     trust = pin_trust(store, fetch)
     with pytest.raises(NotAdmittedError, match="awaits an admin's confirmation"):
-        asyncio.run(trust.admission("w-2", ENDPOINT))
+        asyncio.run(trust.admission(worker("w-2", imported=True), ENDPOINT))
     assert store.certificates["w-2"].sha256 == fingerprint(PEM)  # for the admin to check
     pending = store.certificates["w-2"]
     store.put_cml_certificate(confirm(pending, fingerprint(PEM)), replacing=pending)
-    assert asyncio.run(trust.admission("w-2", ENDPOINT)).pin == fingerprint(PEM)
+    assert asyncio.run(trust.admission(worker("w-2", imported=True), ENDPOINT)).pin == fingerprint(
+        PEM
+    )
     assert fetch.endpoints == [ENDPOINT]
+
+
+def test_m3_a_worker_imported_before_pins_were_marked_awaits_confirmation_all_the_same() -> None:
+    """Imported before the import command wrote a `pending` pin: no pin item at all, but
+    its tags still say it was adopted, so first contact does not trust it."""
+    store, fetch = InMemoryWorkerRepository(), Fetches()
+    trust = pin_trust(store, fetch)
+    for _ in range(2):
+        with pytest.raises(NotAdmittedError, match="awaits an admin's confirmation"):
+            asyncio.run(trust.admission(worker("w-3", imported=True), ENDPOINT))
+    pending = store.certificates["w-3"]
+    assert (pending.state, pending.sha256) == ("pending", fingerprint(PEM))
+    assert fetch.endpoints == [ENDPOINT]  # fetched once, shown, then kept
+    store.put_cml_certificate(confirm(pending, fingerprint(PEM)), replacing=pending)
+    admitted = asyncio.run(trust.admission(worker("w-3", imported=True), ENDPOINT))
+    assert admitted.pin == fingerprint(PEM)
+    # A launched worker (no opt-in tag) is still trusted at first contact.
+    assert asyncio.run(trust.admission(worker("w-4"), ENDPOINT)).pin == fingerprint(PEM)
 
 
 def test_m3_a_pin_another_collector_made_first_is_the_one_used() -> None:
@@ -199,28 +233,29 @@ def test_m3_a_pin_another_collector_made_first_is_the_one_used() -> None:
         def get_cml_certificate(self, worker_id: str) -> Any:
             return store.get_cml_certificate(worker_id)
 
-    admission = asyncio.run(pin_trust(Racing(), fetch).admission("w-1", ENDPOINT))
+    admission = asyncio.run(pin_trust(Racing(), fetch).admission(worker("w-1"), ENDPOINT))
     assert admission.pin == fingerprint(PEM)
 
 
 def test_m3_plain_http_has_nothing_to_pin_and_is_refused() -> None:
     trust = pin_trust(InMemoryWorkerRepository(), Fetches())
     with pytest.raises(NotAdmittedError, match="plain http"):
-        asyncio.run(trust.admission("w-1", "http://10.0.1.5"))
+        asyncio.run(trust.admission(worker("w-1"), "http://10.0.1.5"))
 
 
 def test_m3_a_certificate_that_cannot_be_fetched_is_this_workers_failure() -> None:
-    def unreachable(endpoint: str, timeout: float) -> str:
+    async def unreachable(endpoint: str, seconds: float) -> str:
         raise ConnectionRefusedError("refused")
 
     trust = CmlTrust("pin", login_for, store=InMemoryWorkerRepository(), fetch=unreachable)
     with pytest.raises(CmlError, match="cannot fetch its TLS certificate"):
-        asyncio.run(trust.admission("w-1", ENDPOINT))
+        asyncio.run(trust.admission(worker("w-1"), ENDPOINT))
 
 
 def test_m3_verification_off_admits_without_a_pin_or_a_fetch() -> None:
     fetch = Fetches()
-    admission = asyncio.run(CmlTrust("off", login_for, fetch=fetch).admission("w-1", ENDPOINT))
+    trust = CmlTrust("off", login_for, fetch=fetch)
+    admission = asyncio.run(trust.admission(worker("w-1"), ENDPOINT))
     assert admission.verify is False
     assert fetch.endpoints == []
 
@@ -260,7 +295,7 @@ def test_m3_re_pinning_forgets_the_pin_and_the_next_one_awaits_confirmation(
     assert commands.repin(ADMIN, worker_id) == awaiting_confirmation(worker_id)
     trust = pin_trust(repository, Fetches(OTHER_PEM))
     with pytest.raises(NotAdmittedError):
-        asyncio.run(trust.admission(worker_id, ENDPOINT))
+        asyncio.run(trust.admission(worker(worker_id), ENDPOINT))
     assert repository.certificates[worker_id].sha256 == fingerprint(OTHER_PEM)
 
 
@@ -294,6 +329,30 @@ def test_m3_tls_is_verified_by_default_by_pinning() -> None:
     assert FleetSettings(**REQUIRED, **TOPIC, cml_verify_tls=False).cml_trust_mode == "off"
 
 
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("cml-fleet/cml/{worker_id}", True),
+        ("cml/{worker_id}/login", True),
+        ("cml-fleet/shared", True),  # one secret for all: no {worker_id}, no wildcard
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:cml-AbCdEf", True),
+        ("{worker_id}", False),  # secret:*-??????, every secret of the account
+        ("{worker_id}/cml", False),
+        ("cml-{worker_id}", False),  # every secret whose name starts cml-
+        ("cml/{worker_id}*", False),
+        ("cml/{worker_id}\n", False),
+    ],
+)
+def test_m3_a_per_worker_secret_name_needs_a_fixed_prefix_ending_in_a_slash(
+    name: str, allowed: bool
+) -> None:
+    if allowed:
+        assert FleetSettings(**REQUIRED, **TOPIC, cml_credentials_secret=name)
+    else:
+        with pytest.raises(ValidationError, match="fixed prefix ending in / before"):
+            FleetSettings(**REQUIRED, **TOPIC, cml_credentials_secret=name)
+
+
 def test_m3_with_worker_id_in_the_secret_name_each_worker_gets_its_own_login(
     fleet_aws: FleetAws, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -309,7 +368,7 @@ def test_m3_with_worker_id_in_the_secret_name_each_worker_gets_its_own_login(
     assert bootstrap.cml_credentials("w-2") == CmlCredentials("collector", "two")
     monkeypatch.setenv("CML_VERIFY_TLS", "false")
     bootstrap.reset()
-    admission = asyncio.run(bootstrap.cml_trust().admission("w-2", ENDPOINT))
+    admission = asyncio.run(bootstrap.cml_trust().admission(worker("w-2"), ENDPOINT))
     assert admission.credentials() == CmlCredentials("collector", "two")
 
 

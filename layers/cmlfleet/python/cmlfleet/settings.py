@@ -6,11 +6,17 @@ The environment variable names are the field names upper-cased, identical to the
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A per-worker secret name: a fixed folder, ending in /, before {worker_id}. The functions'
+# IAM resource is the name with {worker_id} as *: with nothing fixed before it, that is
+# every secret of the account (template.yaml's CmlCredentialsSecretName says the same).
+PER_WORKER_SECRET = re.compile(r"[A-Za-z0-9/_+=.@-]+/\{worker_id\}[A-Za-z0-9/_+=.@-]*")
 
 
 class ConfigurationError(RuntimeError):
@@ -51,6 +57,17 @@ class FleetSettings(BaseSettings):
     # Relay queues (the reaper removes those of dead relay tasks).
     relay_queue_prefix: str = Field(default="cmlfleet-relay", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     relay_queue_stale_seconds: int = Field(default=600, ge=120)
+
+    @field_validator("cml_credentials_secret")
+    @classmethod
+    def _per_worker_secret_has_a_prefix(cls, value: str | None) -> str | None:
+        if value and "{worker_id}" in value and not PER_WORKER_SECRET.fullmatch(value):
+            raise ValueError(
+                "a per-worker secret name needs a fixed prefix ending in / before {worker_id} "
+                "(e.g. cml-fleet/cml/{worker_id}), and {worker_id} once: the functions may "
+                "read every secret the name matches with {worker_id} as *"
+            )
+        return value
 
     @property
     def cml_trust_mode(self) -> Literal["pin", "ca", "off"]:

@@ -7,11 +7,12 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from cmlfleet.domain.worker import IMPORTABLE_TAG as IMPORTABLE_TAG  # set by the account owner
+
 WORKER_ID_TAG = "cmlfleet:worker-id"
 OWNER_TAG = "cmlfleet:owner"
 # The stack a worker belongs to: IAM lets each stack operate only the instances tagged so.
 STACK_TAG = "cmlfleet:stack"
-IMPORTABLE_TAG = "cmlfleet:importable"  # set by the account owner on instances that may join
 # family.size, the size perhaps with a suffix: m5zn.metal, m7i.metal-24xl, c7i.metal-48xl.
 INSTANCE_TYPE_PATTERN = r"^[a-z0-9-]+\.[a-z0-9-]+$"
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})

@@ -33,6 +33,7 @@ from cmlfleet.cml.errors import CmlError, NotAdmittedError, UntrustedCertificate
 from cmlfleet.cml.models import CmlCredentials, SystemStats, parse_lab, parse_system_stats
 from cmlfleet.cml.transport import RetryingSender, detail, json_body
 from cmlfleet.cml.trust import Admission, CmlTrust
+from cmlfleet.domain.worker import Worker
 from cmlfleet.events.catalog import LabSummary
 
 API = "/api/v0/"
@@ -130,17 +131,18 @@ class CmlClient:
         self._holders = shared.holders
         self._breaker = CircuitBreaker(*self._breaker_settings, circuits=shared.circuits)
 
-    async def admit(self, worker_id: str, endpoint: str) -> None:
+    async def admit(self, worker: Worker, endpoint: str) -> None:
         """Let the worker's endpoint in, as the trust decides; `CmlError` if it may not be.
 
+        The trust is given the worker itself: whether it was imported is part of the decision.
         Without a trust, every endpoint is let in as configured (`verify_tls`).
         """
         if self._trust is None:
             return
         base = _base(endpoint)
         self._admissions.pop(base, None)  # refused now: refused, whatever was let in before
-        admission = await self._trust.admission(worker_id, base)
-        holder = f"{worker_id} {admission.pin or ''}"
+        admission = await self._trust.admission(worker, base)
+        holder = f"{worker.worker_id} {admission.pin or ''}"
         if self._holders.get(base) != holder:
             self._tokens.pop(base, None)
             self._holders[base] = holder

@@ -7,7 +7,8 @@ verified (an `ssl.SSLContext`, or nothing) and whose credentials it gets, or ref
   fetched with a bare TLS handshake (nothing sent) and pinned beside the worker; every
   later connection must present exactly that certificate before any request. An imported
   worker's pin stays `pending` until an admin confirms its fingerprint, and until then it
-  is refused: no login, no request.
+  is refused: no login, no request. Whether it was imported is the worker's to say (its
+  pin marked at import, or its tags), so `admission` takes the worker.
 - `ca`: the certificates come from a private CA (`CML_CA_BUNDLE`); verified as usual.
 - `off`: nothing verified (`CML_VERIFY_TLS=false`), for a lab without either.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -27,7 +28,8 @@ from aws_lambda_powertools import Logger
 
 from cmlfleet.cml.errors import CmlError, NotAdmittedError
 from cmlfleet.cml.models import CmlCredentials
-from cmlfleet.domain.certificate import CmlCertificate, first_contact
+from cmlfleet.domain.certificate import CmlCertificate, first_contact, starting_pin
+from cmlfleet.domain.worker import Worker
 from cmlfleet.timeutil import utc_now
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class CmlTrust:
         ca_bundle: str | None = None,
         check_hostname: bool = True,
         timeout: float = 5.0,
-        fetch: Callable[[str, float], str] | None = None,
+        fetch: Callable[[str, float], Awaitable[str]] | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if mode == "pin" and store is None:
@@ -76,15 +78,16 @@ class CmlTrust:
         self._fetch = fetch or fetch_certificate
         self._clock = clock
 
-    async def admission(self, worker_id: str, endpoint: str) -> Admission:
+    async def admission(self, worker: Worker, endpoint: str) -> Admission:
         """How to reach the worker at `endpoint`, or `NotAdmittedError` if not at all yet."""
+        worker_id = worker.worker_id
         credentials = self._credentials_for(worker_id)
         if self.mode == "off":
             return Admission(worker_id, False, credentials)
         if self.mode == "ca":
             assert self._ca is not None
             return Admission(worker_id, self._ca, credentials, mode="ca")
-        pin = await self._pin(worker_id, endpoint)
+        pin = await self._pin(worker, endpoint)
         if not pin.trusted or pin.pem is None:
             logger.info("CML certificate awaits confirmation", worker_id=worker_id)
             raise NotAdmittedError(
@@ -96,10 +99,14 @@ class CmlTrust:
             worker_id, pinned_context(pin.pem), credentials, mode="pin", pin=pin.sha256
         )
 
-    async def _pin(self, worker_id: str, endpoint: str) -> CmlCertificate:
-        """The worker's pin; at first contact, its certificate fetched and pinned first."""
+    async def _pin(self, worker: Worker, endpoint: str) -> CmlCertificate:
+        """The worker's pin; at first contact, its certificate fetched and pinned first.
+
+        The fetch runs on the event loop, bounded by the timeout; the store's reads and
+        writes (DynamoDB, milliseconds) in a thread.
+        """
         assert self._store is not None
-        store = self._store
+        store, worker_id = self._store, worker.worker_id
         if urlsplit(endpoint).scheme != "https":
             raise NotAdmittedError(
                 endpoint, "plain http has no certificate to pin: use https, or CML_VERIFY_TLS=false"
@@ -108,10 +115,16 @@ class CmlTrust:
         if current is not None and current.pem is not None:
             return current
         try:
-            pem = await asyncio.to_thread(self._fetch, endpoint, self._timeout)
+            pem = await self._fetch(endpoint, self._timeout)
+        except TimeoutError:
+            raise CmlError(
+                endpoint,
+                f"cannot fetch its TLS certificate (no TLS handshake within {self._timeout:g} s)",
+            ) from None
         except (OSError, ValueError) as error:
             raise CmlError(endpoint, f"cannot fetch its TLS certificate ({error})") from None
-        pinned = first_contact(current, worker_id, pem, self._clock())
+        # An imported worker with no pin (imported before imports marked one) stays pending.
+        pinned = first_contact(starting_pin(worker, current), worker_id, pem, self._clock())
         if not await asyncio.to_thread(store.put_cml_certificate, pinned, replacing=current):
             # Another collector pinned first: its pin stands, whatever we were shown.
             found = await asyncio.to_thread(store.get_cml_certificate, worker_id)
@@ -127,15 +140,56 @@ class CmlTrust:
         return pinned
 
 
-def fetch_certificate(endpoint: str, timeout: float) -> str:
+async def fetch_certificate(endpoint: str, seconds: float) -> str:
     """The PEM certificate `endpoint` presents: a TLS handshake and nothing else is sent.
 
-    Blocking; nothing is verified (this is how the certificate to pin is learnt).
+    Nothing is verified (this is how the certificate to pin is learnt). It runs on the event
+    loop, no thread: a host that accepts the connection and never finishes the handshake
+    costs a socket for `seconds` (then `TimeoutError`), not one of the few executor threads,
+    and a deadline that cancels it ends it at once. (A host name, not an IP as the default
+    endpoint has, is resolved by the loop's resolver, in the executor.)
     """
     parts = urlsplit(endpoint)
     if parts.hostname is None:
         raise ValueError(f"no host in {endpoint}")
-    return ssl.get_server_certificate((parts.hostname, parts.port or 443), timeout=timeout)
+    host = parts.hostname
+    deadline = asyncio.get_running_loop().time() + seconds
+    async with asyncio.timeout_at(deadline):
+        _, writer = await asyncio.open_connection(
+            host, parts.port or 443, ssl=_unverified_context(), server_hostname=host
+        )
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    finally:
+        await _close(writer, deadline)
+    if not der:
+        raise ValueError(f"{endpoint} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der)
+
+
+async def _close(writer: asyncio.StreamWriter, deadline: float) -> None:
+    """Say goodbye (TLS close_notify) until the deadline, then drop the connection."""
+    writer.close()
+    closed = False
+    try:
+        async with asyncio.timeout_at(deadline):
+            await writer.wait_closed()
+        closed = True
+    except OSError:
+        pass  # the certificate is had: how the host takes the goodbye does not matter
+    finally:
+        if not closed:
+            writer.transport.abort()
+
+
+@lru_cache(maxsize=1)
+def _unverified_context() -> ssl.SSLContext:
+    """A client context that accepts any certificate: only to learn the one to pin."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @lru_cache(maxsize=1024)

@@ -4,7 +4,9 @@ CML ships a self-signed certificate, so no CA can vouch for it. The fleet keeps 
 worker showed first (its pin) and accepts only that one afterwards. A worker the fleet
 launched is trusted at first contact; one adopted by `import` runs software the fleet never
 checked, so its pin stays `pending` (nothing but the handshake goes to it) until an admin
-confirms the fingerprint they read on the CML host.
+confirms the fingerprint they read on the CML host. The import marks its pin so before the
+worker exists; a worker imported before imports did has no pin at all, and its tags (the
+account owner's opt-in) say it was imported all the same (`starting_pin`).
 
 The pin is kept next to the worker, not in it: it is no part of the worker's history and
 changes without an event.
@@ -20,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from cmlfleet.domain.worker import Worker
 from cmlfleet.timeutil import UtcDateTime
 
 PinState = Literal["pending", "pinned"]
@@ -48,6 +51,14 @@ class CmlCertificate(BaseModel):
 def awaiting_confirmation(worker_id: str) -> CmlCertificate:
     """The pin of a worker whose certificate an admin must confirm before any login."""
     return CmlCertificate(worker_id=worker_id, state="pending")
+
+
+def starting_pin(worker: Worker, current: CmlCertificate | None) -> CmlCertificate | None:
+    """The pin first contact starts from: the worker's, or for an imported worker that has
+    none (imported before the import marked pins), one awaiting confirmation as if marked."""
+    if current is None and worker.imported:
+        return awaiting_confirmation(worker.worker_id)
+    return current
 
 
 def first_contact(

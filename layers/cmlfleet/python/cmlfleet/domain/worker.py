@@ -31,6 +31,11 @@ from cmlfleet.events.catalog import (
 from cmlfleet.ids import new_worker_id
 from cmlfleet.timeutil import UtcDateTime
 
+# Set by the account owner on an instance that may be imported. It stays among the tags
+# the worker was registered with, which so say the fleet adopted the instance (and never
+# checked its software) rather than launched it.
+IMPORTABLE_TAG = "cmlfleet:importable"
+
 
 class Worker(BaseModel):
     """A CML worker: one EC2 instance booted from a CML AMI."""
@@ -68,6 +73,11 @@ class Worker(BaseModel):
     labs: list[LabSummary] = Field(default_factory=list)
     labs_synced_at: UtcDateTime | None = None
     version: int = Field(default=0, ge=0)
+
+    @property
+    def imported(self) -> bool:
+        """Adopted by `import` (the opt-in tag is among its tags), not launched by the fleet."""
+        return self.tags.get(IMPORTABLE_TAG) == "true"
 
     def view(self) -> WorkerView:
         """The worker as clients see it (before any per-role masking).

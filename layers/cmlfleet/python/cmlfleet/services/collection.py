@@ -42,7 +42,7 @@ class NodeStats(Protocol):
 class CmlSource(Protocol):
     """The part of the CML client the collectors use."""
 
-    async def admit(self, worker_id: str, endpoint: str) -> None: ...
+    async def admit(self, worker: Worker, endpoint: str) -> None: ...
 
     async def system_stats(self, endpoint: str) -> Any: ...
 
@@ -182,8 +182,8 @@ async def _each(
     gate = asyncio.Semaphore(concurrency)
     answers: dict[str, Any] = {}
 
-    async def admitted_call(worker_id: str, endpoint: str) -> Any:
-        await cml.admit(worker_id, endpoint)
+    async def admitted_call(worker: Worker, endpoint: str) -> Any:
+        await cml.admit(worker, endpoint)  # the worker, not its id: was it imported?
         return await call(endpoint)
 
     async def one(worker: Worker) -> None:
@@ -199,7 +199,7 @@ async def _each(
             result.cml_calls += 1
             try:
                 answers[worker.worker_id] = await asyncio.wait_for(
-                    admitted_call(worker.worker_id, endpoint), deadline
+                    admitted_call(worker, endpoint), deadline
                 )
             except TimeoutError:
                 result.failed[worker.worker_id] = f"CML did not answer within {deadline:g} s"
