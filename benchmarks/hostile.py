@@ -38,7 +38,9 @@ unknown to the client and must take the replay path.
 
 With every limit at its default, the hostile address may connect 60 times at once
 (RELAY_CONNECT_BURST_PER_ADDRESS) and then 10 a second (600 a minute); every other connect
-is answered 429 from the raw request, before anything else is done for it.
+is answered 429 from the raw request, before anything else is done for it, and held back
+a second (RELAY_REFUSAL_DELAY_SECONDS; at most 32 at once per address), which holds the
+hostile client's connection with it.
 
 Usage: python -m benchmarks.hostile [--quick] [--clients N] [--seconds S] [--out FILE]
        [--relay-path DIR[:DIR]]   what-if: other relay code first on the relay's path

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -83,6 +84,7 @@ class Relay:
             settings.relay_connects_per_address_per_minute,
             settings.relay_connect_burst_per_address,
         )
+        self.refusals_held: Counter[str] = Counter()  # per address (relay/stream.py)
         threads = settings.relay_auth_threads
         self.executors = {  # by credential kind, each its own (relay/auth.py)
             "ticket": BoundedExecutor("relay-tickets", threads, 16 * threads),

@@ -62,6 +62,7 @@ class RelaySettings(BaseSettings):
     # Taken at once before the rate applies: a NAT'd office's dashboards coming back after
     # a deploy get in over a few seconds (the rest retry with backoff), a loop gets 60.
     relay_connect_burst_per_address: int = Field(default=60, ge=1, le=1_000_000)
+    relay_refusal_delay_seconds: float = Field(default=1.0, ge=0, le=30)
     relay_forwarded_hops: int = Field(
         default=0, ge=0, le=5, description="trusted proxies that append to X-Forwarded-For"
     )

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 REPLAY_SLICE = 100  # frames framed and sent between turns of the event loop
+REFUSALS_HELD_PER_ADDRESS = 32
 
 
 class StreamEndpoint:
@@ -51,11 +52,8 @@ class StreamEndpoint:
             relay.settings.relay_forwarded_hops,
         )
         if not relay.connects.take(address):
-            # Refused before anything is built for the request: a client reconnecting in a
-            # loop (ignoring Retry-After) should cost as little as an answer can.
             relay.hub.stats["rejected_connect_rate"] += 1
-            await send(TOO_MANY_CONNECTS_START)
-            await send(TOO_MANY_CONNECTS_BODY)
+            await self._refuse_connect(address, send)
             return
         admitted: list[Callable[[], None]] = []
         try:
@@ -66,6 +64,29 @@ class StreamEndpoint:
             # first frame never runs the generator, and its stream must still be let go.
             for release in reversed(admitted):
                 release()
+
+    async def _refuse_connect(self, address: str, send: Send) -> None:
+        """429, built before anything else is for the request, and held back a while.
+
+        A client reconnecting in a loop ignores Retry-After; every refusal still costs the
+        relay a request parsed and answered (~1 ms of the loop). Holding the answer back
+        (`RELAY_REFUSAL_DELAY_SECONDS`) holds that client's connection too, so a loop over
+        a few connections makes a few requests a second instead of hundreds. At most
+        `REFUSALS_HELD_PER_ADDRESS` wait at once per address, so holding costs little too.
+        """
+        relay, held = self._relay, self._relay.refusals_held
+        delay = relay.settings.relay_refusal_delay_seconds
+        if delay > 0 and held[address] < REFUSALS_HELD_PER_ADDRESS:
+            held[address] += 1
+            relay.hub.stats["refusals_held"] += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                held[address] -= 1
+                if held[address] <= 0:
+                    del held[address]
+        await send(TOO_MANY_CONNECTS_START)
+        await send(TOO_MANY_CONNECTS_BODY)
 
     async def _respond(
         self, request: Request, address: str, admitted: list[Callable[[], None]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -225,6 +226,7 @@ def test_m1_an_address_reconnecting_in_a_loop_is_refused_before_its_token_is_che
         relay_connects_per_address_per_minute=3,
         relay_connect_burst_per_address=3,
         relay_forwarded_hops=1,
+        relay_refusal_delay_seconds=0,
     )
     loop = bearer(issuer, "mallory", "user") | {"X-Forwarded-For": "203.0.113.66"}
     assert [connected(relay, loop)["status"] for _ in range(3)] == ["none"] * 3
@@ -237,6 +239,28 @@ def test_m1_an_address_reconnecting_in_a_loop_is_refused_before_its_token_is_che
     assert after["connects"] == before["connects"]  # no stream, and no token check either
     other = bearer(issuer, "alice", "user") | {"X-Forwarded-For": "198.51.100.2"}
     assert connected(relay, other)["status"] == "none"
+
+
+def test_m1_a_refused_connect_is_held_back_so_a_loop_over_few_connections_slows_down(
+    start: Callable[..., RelayThread], issuer: DevelopmentIssuer
+) -> None:
+    relay = start(
+        relay_connects_per_address_per_minute=1,
+        relay_connect_burst_per_address=1,
+        relay_refusal_delay_seconds=3,  # long enough for all forty to arrive meanwhile
+    )
+    alice = bearer(issuer, "alice", "user")
+    assert connected(relay, alice)["status"] == "none"
+    # Forty refused at once: 32 are held (the answer waits), the rest answered at once.
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(
+            pool.map(lambda _: httpx.get(stream_url(relay), headers=alice, timeout=10), range(40))
+        )
+    assert {answer.status_code for answer in answers} == {429}
+    stats = relay.health()["stats"]
+    assert stats["rejected_connect_rate"] == 40
+    assert stats["refusals_held"] == 32
+    assert relay.relay.refusals_held == {}  # nothing kept once they are answered
 
 
 # ---- L1: `connected` says only what this client is sent ----------------------------------
