@@ -39,6 +39,10 @@ def main() -> None:
             "TOPIC_ARN": stack.outputs["DomainEventsTopicArn"],
             "RELAY_POLL_WAIT_SECONDS": "20",
             "RELAY_ANONYMOUS_ROLE": "admin",
+            # Not the API's issuer, which the local stack left in this environment: with
+            # an issuer a relay refuses anonymous clients.
+            "OIDC_ISSUER": "",
+            "OIDC_AUDIENCE": "",
         }
         relay = RelayProcess(environment, port=free_port()).start()
         events = stack.client("events")

@@ -39,6 +39,10 @@ def relay_environment(stack: LocalStack) -> dict[str, str]:
         "TABLE_NAME": stack.outputs["WorkersTableName"],
         "RELAY_POLL_WAIT_SECONDS": "1",
         "RELAY_ANONYMOUS_ROLE": "admin",  # the EC2 path is under test here, not identity
+        # The local stack puts the API's issuer in this process's environment, which the
+        # relay inherits; with an issuer a relay refuses anonymous clients (L3).
+        "OIDC_ISSUER": "",
+        "OIDC_AUDIENCE": "",
     }
 
 
